@@ -1,0 +1,1 @@
+//! Shared workload generators and peer implementations for the benchmarks.

@@ -1,0 +1,125 @@
+//! Recorded ops: plain values describing what a request would do, without doing it.
+
+use core::ops::Range;
+
+use crate::va::Mapping;
+
+/// One recorded split/merge operation (`drm_gpuva_op`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Insert a new mapping (always the last op of a map request).
+    Map(Mapping),
+    /// Replace `unmap` by the pieces of it outside the request.
+    Remap {
+        /// The mapping being split, as it was before the request.
+        unmap: Mapping,
+        /// Whether the overlapped part already translates as the request does.
+        keep: bool,
+        /// The piece kept below the request.
+        prev: Option<Mapping>,
+        /// The piece kept above the request.
+        next: Option<Mapping>,
+    },
+    /// Remove a mapping that lies entirely inside the request.
+    Unmap {
+        /// The mapping removed.
+        va: Mapping,
+        /// Whether it already translates as the request does.
+        keep: bool,
+    },
+}
+
+impl Op {
+    /// The address range whose translations this op removes or replaces: the whole mapping for
+    /// `Unmap`, the hole for `Remap`, the new range for `Map`.
+    #[must_use]
+    pub fn affected(&self) -> Range<u64> {
+        match self {
+            Op::Map(m) => m.range(),
+            Op::Unmap { va, .. } => va.range(),
+            Op::Remap {
+                unmap, prev, next, ..
+            } => prev.map_or(unmap.addr, |p| p.end())..next.map_or(unmap.end(), |n| n.addr),
+        }
+    }
+}
+
+/// The request an op list was recorded for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A map request.
+    Map(Mapping),
+    /// An unmap of a range.
+    Unmap {
+        /// First address.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+}
+
+/// A recorded op list (feature `alloc`): walk it as often as needed, then apply it with
+/// [`GpuVm::apply_ops`](crate::GpuVm::apply_ops) while the VA space is unchanged.
+#[cfg(feature = "alloc")]
+#[derive(Clone, Debug)]
+pub struct OpList {
+    pub(crate) request: Request,
+    pub(crate) generation: u64,
+    pub(crate) ops: alloc::vec::Vec<Op>,
+}
+
+#[cfg(feature = "alloc")]
+impl OpList {
+    /// The request the list was recorded for.
+    #[must_use]
+    pub fn request(&self) -> Request {
+        self.request
+    }
+
+    /// The ops, in the order the walker produced them.
+    #[must_use]
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// Iterates the ops; `.rev()` walks them backwards (for unwinding).
+    pub fn iter(&self) -> core::slice::Iter<'_, Op> {
+        self.ops.iter()
+    }
+
+    /// Number of ops.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether the request changes nothing (an unmap of an empty range).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// How many nodes applying the list will take from the pool (new mapping and pieces).
+    #[must_use]
+    pub fn nodes_needed(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::Map(_) => 1,
+                Op::Remap { prev, next, .. } => {
+                    usize::from(prev.is_some()) + usize::from(next.is_some())
+                }
+                Op::Unmap { .. } => 0,
+            })
+            .sum()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<'a> IntoIterator for &'a OpList {
+    type Item = &'a Op;
+    type IntoIter = core::slice::Iter<'a, Op>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.ops.iter()
+    }
+}

@@ -1,0 +1,645 @@
+//! The VA space: [`GpuVm`].
+
+use core::fmt;
+use core::marker::PhantomData;
+use core::ops::Range;
+
+use crate::error::{ApplyError, MapError, NewError, OpsError, RangeError, UnmapError};
+use crate::node::{GpuVaRemoved, NodePool, NodePtr, RetiredList, MAX_MAP_NODES, MAX_UNMAP_NODES};
+use crate::sm::{Apply, Op, OpMap, OpRemap, OpUnmap, Pending, SmVisitor, Step, Walker};
+use crate::tree::{self, Link, Rng};
+use crate::va::{GpuVa, Mapping};
+
+/// A GPU virtual address space: the mappings of `[start, end)`, minus an optional kernel-reserved
+/// cut-out, kept in a tree of caller-supplied nodes.
+///
+/// `D` is the driver payload stored with every mapping; `P` the node handle type (see
+/// [`NodePtr`]).
+///
+/// # Locking
+///
+/// `GpuVm` has no lock of its own: changing it takes `&mut self`, as drm_gpuvm requires the driver's
+/// VM lock. Reservations ([`crate::NodeReserve`]) are separate values, so a job can be prepared while
+/// another job runs on the VA space.
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "alloc")] {
+/// use gpuva::{BoxNode, GpuVm, Mapping, NodeReserve, ObjId, RetiredList};
+///
+/// let mut vm = GpuVm::<(), BoxNode<()>>::new(0..1 << 32, 0..0x1000)?;
+/// let mut retired = RetiredList::new();
+/// let bo = ObjId::new(7);
+///
+/// // Prepare: reserve the worst case. Run: apply without allocating.
+/// let mut nodes = NodeReserve::try_alloc(gpuva::MAX_MAP_NODES)?;
+/// vm.map(Mapping::new(0x10_0000, 0x4000, bo, 0), &mut nodes, &mut retired)?;
+/// let mut nodes = NodeReserve::try_alloc(gpuva::MAX_UNMAP_NODES)?;
+/// vm.unmap(0x10_1000, 0x1000, &mut nodes, &mut retired)?;
+///
+/// let ranges: Vec<_> = vm.iter().map(|va| (va.range(), va.offset())).collect();
+/// assert_eq!(ranges, [(0x10_0000..0x10_1000, 0), (0x10_2000..0x10_4000, 0x2000)]);
+/// assert_eq!(retired.len(), 1);
+/// # }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct GpuVm<D, P: NodePtr<D>> {
+    space: Range<u64>,
+    /// The kernel cut-out; empty when there is none. Never stored as a node, so lookups and
+    /// iterators never see it (drm_gpuvm's plain iterators do).
+    reserved: Range<u64>,
+    root: Link<P>,
+    count: usize,
+    rng: Rng,
+    generation: u64,
+    _data: PhantomData<fn() -> D>,
+}
+
+/// Default treap seed; any non-zero value works.
+const DEFAULT_SEED: u64 = 0x6a09_e667_f3bc_c908;
+
+/// Why the mutating walk stopped early.
+enum WalkError<E> {
+    Exhausted,
+    Visitor(E),
+}
+
+impl<D, P: NodePtr<D>> GpuVm<D, P> {
+    /// A VA space over `space`, with the kernel cut-out `reserved` (an empty range for none).
+    ///
+    /// # Errors
+    ///
+    /// [`NewError`] if `space` is empty, `reserved` is inverted, or a non-empty `reserved` is not
+    /// inside `space`.
+    pub fn new(space: Range<u64>, reserved: Range<u64>) -> Result<Self, NewError> {
+        if space.start >= space.end {
+            return Err(NewError::EmptySpace);
+        }
+        if reserved.start > reserved.end {
+            return Err(NewError::InvertedReserve);
+        }
+        let reserved = if reserved.is_empty() { 0..0 } else { reserved };
+        if !reserved.is_empty() && (reserved.start < space.start || reserved.end > space.end) {
+            return Err(NewError::ReserveOutside);
+        }
+        Ok(Self {
+            space,
+            reserved,
+            root: None,
+            count: 0,
+            rng: Rng::new(DEFAULT_SEED),
+            generation: 0,
+            _data: PhantomData,
+        })
+    }
+
+    /// [`GpuVm::new`] from start and size pairs, as `drm_gpuvm_init` takes them.
+    ///
+    /// # Errors
+    ///
+    /// [`NewError::Overflow`] if a start plus its size overflows `u64`; otherwise as [`GpuVm::new`].
+    pub fn with_size(
+        start: u64,
+        size: u64,
+        reserve_start: u64,
+        reserve_size: u64,
+    ) -> Result<Self, NewError> {
+        let end = start.checked_add(size).ok_or(NewError::Overflow)?;
+        let rend = reserve_start
+            .checked_add(reserve_size)
+            .ok_or(NewError::Overflow)?;
+        Self::new(start..end, reserve_start..rend)
+    }
+
+    /// Reseeds the treap's priority generator (only the tree's shape depends on it).
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.rng = Rng::new(seed);
+        self
+    }
+
+    /// The managed VA range.
+    #[must_use]
+    pub fn range(&self) -> Range<u64> {
+        self.space.clone()
+    }
+
+    /// The kernel-reserved cut-out, if any.
+    #[must_use]
+    pub fn reserved(&self) -> Option<Range<u64>> {
+        (!self.reserved.is_empty()).then(|| self.reserved.clone())
+    }
+
+    /// Number of mappings.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are no mappings.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// A counter bumped by every request that changed the tree; op lists use it to detect staleness.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Checks a request range: `drm_gpuvm_range_valid`, plus the refusal of zero size.
+    ///
+    /// # Errors
+    ///
+    /// [`RangeError`]: zero size, overflow, outside the VA space, or overlapping the cut-out
+    /// (touching its edge is fine).
+    pub fn check_range(&self, addr: u64, len: u64) -> Result<Range<u64>, RangeError> {
+        if len == 0 {
+            return Err(RangeError::ZeroSize);
+        }
+        let end = addr.checked_add(len).ok_or(RangeError::Overflow)?;
+        if addr < self.space.start || end > self.space.end {
+            return Err(RangeError::OutOfRange);
+        }
+        if addr < self.reserved.end && self.reserved.start < end {
+            return Err(RangeError::Reserved);
+        }
+        Ok(addr..end)
+    }
+
+    /// The mapping exactly covering `[addr, addr + len)`, if any (`drm_gpuva_find`).
+    #[must_use]
+    pub fn find(&self, addr: u64, len: u64) -> Option<&GpuVa<D, P>> {
+        tree::floor(&self.root, addr).filter(|v| v.addr == addr && v.len == len)
+    }
+
+    /// The mapping exactly covering `[addr, addr + len)`, mutably (only its payload can change).
+    pub fn find_mut(&mut self, addr: u64, len: u64) -> Option<&mut GpuVa<D, P>> {
+        tree::get_mut(&mut self.root, addr).filter(|v| v.len == len)
+    }
+
+    /// The mapping containing `addr`, if any.
+    #[must_use]
+    pub fn lookup(&self, addr: u64) -> Option<&GpuVa<D, P>> {
+        tree::floor(&self.root, addr).filter(|v| addr < v.end())
+    }
+
+    /// The lowest mapping overlapping `range` (`drm_gpuva_find_first`). `None` for an empty range.
+    #[must_use]
+    pub fn find_first(&self, range: Range<u64>) -> Option<&GpuVa<D, P>> {
+        self.iter_range(range).next()
+    }
+
+    /// Whether no mapping overlaps `range` (`drm_gpuvm_interval_empty`).
+    #[must_use]
+    pub fn is_range_empty(&self, range: Range<u64>) -> bool {
+        self.find_first(range).is_none()
+    }
+
+    /// The mapping that ends exactly at `addr`: the left neighbour of a range starting there.
+    ///
+    /// Strict, unlike `drm_gpuva_find_prev`, which also returns a mapping that merely *starts* at
+    /// `addr` when nothing covers `addr - 1`.
+    #[must_use]
+    pub fn find_prev(&self, addr: u64) -> Option<&GpuVa<D, P>> {
+        let before = addr.checked_sub(1)?;
+        tree::floor(&self.root, before).filter(|v| v.end() == addr)
+    }
+
+    /// The mapping that starts exactly at `addr`: the right neighbour of a range ending there.
+    ///
+    /// Strict, unlike `drm_gpuva_find_next`, which also returns a mapping starting at `addr + 1`.
+    #[must_use]
+    pub fn find_next(&self, addr: u64) -> Option<&GpuVa<D, P>> {
+        tree::floor(&self.root, addr).filter(|v| v.addr == addr)
+    }
+
+    /// All mappings in ascending address order.
+    pub fn iter(&self) -> impl Iterator<Item = &GpuVa<D, P>> + '_ {
+        // A live mapping never starts at u64::MAX: its end would overflow.
+        tree::Iter::new(&self.root, 0, u64::MAX)
+    }
+
+    /// The mappings overlapping `range`, in ascending address order (a mapping that straddles
+    /// `range.start` comes first).
+    pub fn iter_range(&self, range: Range<u64>) -> impl Iterator<Item = &GpuVa<D, P>> + '_ {
+        let straddler = if range.is_empty() {
+            None
+        } else {
+            tree::floor(&self.root, range.start)
+                .filter(|v| v.addr < range.start && v.end() > range.start)
+        };
+        straddler
+            .into_iter()
+            .chain(tree::Iter::new(&self.root, range.start, range.end))
+    }
+
+    /// Depth of the tree (1 for a single mapping), for statistics and tests.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn depth(&self) -> usize {
+        tree::depth(&self.root)
+    }
+
+    /// Runs `sm_map` for `req`, applying each step through `visitor` (the step API).
+    ///
+    /// Emits exactly drm_gpuvm's ops (see [`crate::sm`]). New nodes come from `pool`, which must
+    /// hold at least [`MAX_MAP_NODES`] (checked first, so a request never fails halfway for lack of
+    /// nodes); removed nodes go to `retired`. Nothing allocates.
+    ///
+    /// # Errors
+    ///
+    /// * [`MapError::Range`], [`MapError::ReservationTooSmall`]: nothing changed.
+    /// * [`MapError::Visitor`]: the visitor failed; earlier steps stay applied, the tree is
+    ///   consistent.
+    /// * [`MapError::ReservationExhausted`]: `pool` reported nodes it could not hand out.
+    pub fn sm_map<V: SmVisitor<D, P>>(
+        &mut self,
+        req: Mapping,
+        pool: &mut impl NodePool<P>,
+        retired: &mut RetiredList<D, P>,
+        visitor: &mut V,
+    ) -> Result<(), MapError<V::Error>> {
+        self.check_range(req.addr, req.len)
+            .map_err(MapError::Range)?;
+        if pool.available() < MAX_MAP_NODES {
+            return Err(MapError::ReservationTooSmall {
+                needed: MAX_MAP_NODES,
+                available: pool.available(),
+            });
+        }
+        self.walk_apply(Walker::map(req), pool, retired, visitor)
+            .map_err(|e| match e {
+                WalkError::Exhausted => MapError::ReservationExhausted,
+                WalkError::Visitor(e) => MapError::Visitor(e),
+            })
+    }
+
+    /// Runs `sm_unmap` for `[addr, addr + len)`, applying each step through `visitor`.
+    ///
+    /// Like [`GpuVm::sm_map`] without the final `Map`; `pool` must hold at least
+    /// [`MAX_UNMAP_NODES`]. Unmapping a range with no mappings is a successful no-op.
+    ///
+    /// # Errors
+    ///
+    /// As [`GpuVm::sm_map`].
+    pub fn sm_unmap<V: SmVisitor<D, P>>(
+        &mut self,
+        addr: u64,
+        len: u64,
+        pool: &mut impl NodePool<P>,
+        retired: &mut RetiredList<D, P>,
+        visitor: &mut V,
+    ) -> Result<(), UnmapError<V::Error>> {
+        let r = self.check_range(addr, len).map_err(UnmapError::Range)?;
+        if pool.available() < MAX_UNMAP_NODES {
+            return Err(UnmapError::ReservationTooSmall {
+                needed: MAX_UNMAP_NODES,
+                available: pool.available(),
+            });
+        }
+        self.walk_apply(Walker::unmap(r.start, r.end), pool, retired, visitor)
+            .map_err(|e| match e {
+                WalkError::Exhausted => UnmapError::ReservationExhausted,
+                WalkError::Visitor(e) => UnmapError::Visitor(e),
+            })
+    }
+
+    /// [`GpuVm::sm_map`] with the built-in [`Apply`] visitor: the new mapping gets `D::default()`.
+    ///
+    /// # Errors
+    ///
+    /// As [`GpuVm::sm_map`] (the visitor cannot fail).
+    pub fn map(
+        &mut self,
+        req: Mapping,
+        pool: &mut impl NodePool<P>,
+        retired: &mut RetiredList<D, P>,
+    ) -> Result<(), MapError>
+    where
+        D: Clone + Default,
+    {
+        self.sm_map(req, pool, retired, &mut Apply::default())
+    }
+
+    /// [`GpuVm::sm_unmap`] with the built-in [`Apply`] visitor.
+    ///
+    /// # Errors
+    ///
+    /// As [`GpuVm::sm_unmap`] (the visitor cannot fail).
+    pub fn unmap(
+        &mut self,
+        addr: u64,
+        len: u64,
+        pool: &mut impl NodePool<P>,
+        retired: &mut RetiredList<D, P>,
+    ) -> Result<(), UnmapError>
+    where
+        D: Clone + Default,
+    {
+        self.sm_unmap(addr, len, pool, retired, &mut Apply::default())
+    }
+
+    /// Records the ops `sm_map(req)` would produce, in order, without changing anything.
+    ///
+    /// Works without any allocator: `sink` decides where the ops go.
+    ///
+    /// # Errors
+    ///
+    /// [`OpsError::Range`] for an invalid request; [`OpsError::Sink`] with the sink's error.
+    pub fn sm_map_walk<E>(
+        &self,
+        req: Mapping,
+        mut sink: impl FnMut(Op) -> Result<(), E>,
+    ) -> Result<(), OpsError<E>> {
+        self.check_range(req.addr, req.len)
+            .map_err(OpsError::Range)?;
+        let w = Walker::map(req);
+        self.walk_read(&w, &mut sink)?;
+        sink(Op::Map(req)).map_err(OpsError::Sink)
+    }
+
+    /// Records the ops `sm_unmap(addr, len)` would produce, in order, without changing anything.
+    ///
+    /// # Errors
+    ///
+    /// As [`GpuVm::sm_map_walk`].
+    pub fn sm_unmap_walk<E>(
+        &self,
+        addr: u64,
+        len: u64,
+        mut sink: impl FnMut(Op) -> Result<(), E>,
+    ) -> Result<(), OpsError<E>> {
+        let r = self.check_range(addr, len).map_err(OpsError::Range)?;
+        self.walk_read(&Walker::unmap(r.start, r.end), &mut sink)
+    }
+
+    /// Records `sm_map(req)` into an [`OpList`](crate::OpList) (feature `alloc`; allocation is
+    /// fallible).
+    ///
+    /// # Errors
+    ///
+    /// [`OpsError::Range`], or [`OpsError::Sink`] with [`crate::AllocError`].
+    #[cfg(feature = "alloc")]
+    pub fn sm_map_ops(&self, req: Mapping) -> Result<crate::OpList, OpsError> {
+        let mut ops = alloc::vec::Vec::new();
+        self.sm_map_walk(req, |op| push_op(&mut ops, op))?;
+        Ok(crate::OpList {
+            request: crate::Request::Map(req),
+            generation: self.generation,
+            ops,
+        })
+    }
+
+    /// Records `sm_unmap(addr, len)` into an [`OpList`](crate::OpList) (feature `alloc`).
+    ///
+    /// # Errors
+    ///
+    /// As [`GpuVm::sm_map_ops`].
+    #[cfg(feature = "alloc")]
+    pub fn sm_unmap_ops(&self, addr: u64, len: u64) -> Result<crate::OpList, OpsError> {
+        let mut ops = alloc::vec::Vec::new();
+        self.sm_unmap_walk(addr, len, |op| push_op(&mut ops, op))?;
+        Ok(crate::OpList {
+            request: crate::Request::Unmap { addr, len },
+            generation: self.generation,
+            ops,
+        })
+    }
+
+    /// Applies a recorded op list through `visitor`, which sees exactly the recorded ops.
+    ///
+    /// # Errors
+    ///
+    /// [`ApplyError::Stale`] if the VA space changed since the list was recorded (nothing changes);
+    /// otherwise the errors of [`GpuVm::sm_map`] / [`GpuVm::sm_unmap`].
+    #[cfg(feature = "alloc")]
+    pub fn apply_ops<V: SmVisitor<D, P>>(
+        &mut self,
+        ops: &crate::OpList,
+        pool: &mut impl NodePool<P>,
+        retired: &mut RetiredList<D, P>,
+        visitor: &mut V,
+    ) -> Result<(), ApplyError<V::Error>> {
+        if ops.generation != self.generation {
+            return Err(ApplyError::Stale);
+        }
+        match ops.request {
+            crate::Request::Map(req) => self
+                .sm_map(req, pool, retired, visitor)
+                .map_err(ApplyError::Map),
+            crate::Request::Unmap { addr, len } => self
+                .sm_unmap(addr, len, pool, retired, visitor)
+                .map_err(ApplyError::Unmap),
+        }
+    }
+
+    /// Removes every mapping into `retired` (VM teardown). Never allocates.
+    pub fn clear(&mut self, retired: &mut RetiredList<D, P>) {
+        let mut root = self.root.take();
+        while let Some(node) = tree::pop_min(&mut root) {
+            retired.push(GpuVaRemoved::new(node));
+        }
+        if self.count != 0 {
+            self.generation = self.generation.wrapping_add(1);
+        }
+        self.count = 0;
+    }
+
+    /// The read-only walk: feeds the overlapping mappings to the walker, records its decisions.
+    fn walk_read<E>(
+        &self,
+        w: &Walker,
+        sink: &mut impl FnMut(Op) -> Result<(), E>,
+    ) -> Result<(), OpsError<E>> {
+        let (a0, e0) = w.bounds();
+        for v in self.iter_range(a0..e0) {
+            let m = v.mapping();
+            let op = match w.step(&m) {
+                Step::Unmap { keep } => Op::Unmap { va: m, keep },
+                Step::Remap { keep, prev, next } => Op::Remap {
+                    unmap: m,
+                    keep,
+                    prev,
+                    next,
+                },
+            };
+            sink(op).map_err(OpsError::Sink)?;
+        }
+        Ok(())
+    }
+
+    /// The mutating walk: cuts the tree around the request, lets the visitor decide each step,
+    /// carries the step out, and joins the tree again.
+    ///
+    /// # Invariants
+    ///
+    /// The request was validated and `pool` reported enough nodes for the worst case.
+    fn walk_apply<V: SmVisitor<D, P>>(
+        &mut self,
+        w: Walker,
+        pool: &mut impl NodePool<P>,
+        retired: &mut RetiredList<D, P>,
+        visitor: &mut V,
+    ) -> Result<(), WalkError<V::Error>> {
+        let (a0, e0) = w.bounds();
+        //   left: start < a0 | mid: a0 <= start < e0 | right: start >= e0
+        let (mut left, ge) = tree::split(self.root.take(), a0);
+        let (mut mid, right) = tree::split(ge, e0);
+        let mut prev_piece: Link<P> = None;
+        let mut next_piece: Link<P> = None;
+        let mut map_node: Link<P> = None;
+        let (mut inserted, mut removed) = (0usize, 0usize);
+        let mut result = Ok(());
+
+        // The first overlapping mapping may start below a0: then it is the largest node of `left`.
+        let mut cur = if tree::max(&left).is_some_and(|v| v.end() > a0) {
+            tree::pop_max(&mut left)
+        } else {
+            tree::pop_min(&mut mid)
+        };
+
+        while let Some(node) = cur.take() {
+            let mut pending = Pending::None;
+            let step = w.step(&node.mapping());
+            let r = match step {
+                Step::Unmap { keep } => visitor
+                    .step_unmap(OpUnmap {
+                        pending: &mut pending,
+                        node: &node,
+                        keep,
+                        _inv: PhantomData,
+                    })
+                    .map(drop),
+                Step::Remap { keep, prev, next } => visitor
+                    .step_remap(OpRemap {
+                        pending: &mut pending,
+                        node: &node,
+                        keep,
+                        prev,
+                        next,
+                        _inv: PhantomData,
+                    })
+                    .map(drop),
+            };
+            match pending {
+                Pending::Unmap => {
+                    retired.push(GpuVaRemoved::new(node));
+                    removed += 1;
+                }
+                Pending::Remap { prev, next } => {
+                    let want = usize::from(prev.is_some()) + usize::from(next.is_some());
+                    let (a, b) = (
+                        pool_take(pool, prev.is_some()),
+                        pool_take(pool, next.is_some()),
+                    );
+                    let got = usize::from(a.is_some()) + usize::from(b.is_some());
+                    if got < want {
+                        // A pool that lied about its size: undo nothing, keep the old node, hand
+                        // the stray nodes to cleanup.
+                        for stray in [a, b].into_iter().flatten() {
+                            retired.push(GpuVaRemoved::new(stray));
+                        }
+                        cur = Some(node);
+                        result = Err(WalkError::Exhausted);
+                        break;
+                    }
+                    if let (Some((m, d)), Some(mut n)) = (prev, a) {
+                        n.set(&m, self.rng.next_u32(), d);
+                        prev_piece = Some(n);
+                        inserted += 1;
+                    }
+                    if let (Some((m, d)), Some(mut n)) = (next, b) {
+                        n.set(&m, self.rng.next_u32(), d);
+                        next_piece = Some(n);
+                        inserted += 1;
+                    }
+                    retired.push(GpuVaRemoved::new(node));
+                    removed += 1;
+                }
+                // Not applied: only possible when the visitor failed. (`Map` cannot come from
+                // these ops.)
+                Pending::None | Pending::Map(_) => cur = Some(node),
+            }
+            if let Err(e) = r {
+                result = Err(WalkError::Visitor(e));
+                break;
+            }
+            if cur.is_some() {
+                break;
+            }
+            cur = tree::pop_min(&mut mid);
+        }
+
+        if let (Ok(()), Some(req)) = (&result, w.final_map()) {
+            let mut pending = Pending::None;
+            let r = visitor
+                .step_map(OpMap {
+                    pending: &mut pending,
+                    mapping: req,
+                    _node: PhantomData,
+                    _inv: PhantomData,
+                })
+                .map(drop);
+            if let Pending::Map(data) = pending {
+                match pool.take() {
+                    Some(mut n) => {
+                        n.set(&req, self.rng.next_u32(), data);
+                        map_node = Some(n);
+                        inserted += 1;
+                    }
+                    None => result = Err(WalkError::Exhausted),
+                }
+            }
+            if let Err(e) = r {
+                result = Err(WalkError::Visitor(e));
+            }
+        }
+
+        // Join in key order: every piece sits between its neighbours (see `Splice` in sm::ops docs).
+        let mut root = tree::merge(left, prev_piece);
+        root = tree::merge(root, cur);
+        root = tree::merge(root, map_node);
+        root = tree::merge(root, mid);
+        root = tree::merge(root, next_piece);
+        self.root = tree::merge(root, right);
+        self.count = self.count + inserted - removed;
+        if inserted + removed > 0 {
+            self.generation = self.generation.wrapping_add(1);
+        }
+        result
+    }
+}
+
+/// Takes a node from `pool` if `want`.
+fn pool_take<P>(pool: &mut impl NodePool<P>, want: bool) -> Option<P> {
+    if want {
+        pool.take()
+    } else {
+        None
+    }
+}
+
+#[cfg(feature = "alloc")]
+fn push_op(ops: &mut alloc::vec::Vec<Op>, op: Op) -> Result<(), crate::AllocError> {
+    ops.try_reserve(1).map_err(|_| crate::AllocError)?;
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "capacity reserved fallibly just above"
+    )]
+    ops.push(op);
+    Ok(())
+}
+
+impl<D, P: NodePtr<D>> fmt::Debug for GpuVm<D, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GpuVm")
+            .field("range", &self.space)
+            .field("reserved", &self.reserved)
+            .field("mappings", &self.count)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}

@@ -1,0 +1,2 @@
+//! `vmsim`: the simulator's command-line front end.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The user-space simulator behind the `vmsim` program.

@@ -1,0 +1,1 @@
+//! Shared helpers for the integration tests: reference models and a counting allocator.
