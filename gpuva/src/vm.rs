@@ -4,7 +4,9 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::ops::Range;
 
-use crate::error::{ApplyError, MapError, NewError, OpsError, RangeError, UnmapError};
+#[cfg(feature = "alloc")]
+use crate::error::ApplyError;
+use crate::error::{MapError, NewError, OpsError, RangeError, UnmapError};
 use crate::node::{GpuVaRemoved, NodePool, NodePtr, RetiredList, MAX_MAP_NODES, MAX_UNMAP_NODES};
 use crate::sm::{Apply, Op, OpMap, OpRemap, OpUnmap, Pending, SmVisitor, Step, Walker};
 use crate::tree::{self, Link, Rng};

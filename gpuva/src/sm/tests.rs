@@ -1,1 +1,653 @@
+//! One named test per documented split/merge case (`gpuvm-semantics.md` section 2.3 rows A1-C3 and
+//! the worked examples E1-E14, U1-U5), each asserting the exact op sequence and the resulting tree.
+//!
+//! Every test checks the op list twice: recorded without touching the tree (`sm_*_walk`) and as
+//! seen by a step visitor while the tree changes (`sm_*`); both must equal the expected list.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "unit tests may allocate infallibly"
+)]
+
+extern crate alloc;
+extern crate std;
+
+use alloc::vec::Vec;
+
+use crate::{
+    BoxNode, GpuVm, Mapping, NodeReserve, ObjId, Op, OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap,
+    OpUnmapped, RetiredList, SmVisitor,
+};
+
+type Vm = GpuVm<(), BoxNode<()>>;
+
+const X: u64 = 1;
+const Y: u64 = 2;
+const Z: u64 = 3;
+const W: u64 = 4;
+const NULL: u64 = 0;
+
+/// `[addr, addr + len)` of object `obj` (0 = none) at `off`.
+fn m(addr: u64, len: u64, obj: u64, off: u64) -> Mapping {
+    Mapping::new(addr, len, ObjId::new(obj), off)
+}
+
+fn map(v: Mapping) -> Op {
+    Op::Map(v)
+}
+
+fn unmap(va: Mapping, keep: bool) -> Op {
+    Op::Unmap { va, keep }
+}
+
+fn remap(unmap: Mapping, keep: bool, prev: Option<Mapping>, next: Option<Mapping>) -> Op {
+    Op::Remap {
+        unmap,
+        keep,
+        prev,
+        next,
+    }
+}
+
+/// The VA space of the worked examples: `[0, 1000)`, no cut-out.
+fn vm_with(existing: &[Mapping]) -> Vm {
+    let mut vm = Vm::new(0..1000, 0..0).expect("valid geometry");
+    let mut retired = RetiredList::new();
+    for &e in existing {
+        let mut pool = NodeReserve::try_alloc(3).expect("memory");
+        vm.map(e, &mut pool, &mut retired).expect("setup map");
+    }
+    assert!(retired.is_empty(), "setup mappings must not overlap");
+    vm
+}
+
+/// Records every op a step visitor sees, then applies it.
+#[derive(Default)]
+struct Recorder {
+    ops: Vec<Op>,
+}
+
+impl SmVisitor<(), BoxNode<()>> for Recorder {
+    type Error = core::convert::Infallible;
+
+    fn step_map<'op>(
+        &mut self,
+        op: OpMap<'op, (), BoxNode<()>>,
+    ) -> Result<OpMapped<'op>, Self::Error> {
+        self.ops.push(Op::Map(*op.mapping()));
+        Ok(op.insert(()))
+    }
+
+    fn step_remap<'op>(
+        &mut self,
+        op: OpRemap<'op, (), BoxNode<()>>,
+    ) -> Result<OpRemapped<'op>, Self::Error> {
+        self.ops.push(Op::Remap {
+            unmap: op.va().mapping(),
+            keep: op.keep(),
+            prev: op.prev().copied(),
+            next: op.next().copied(),
+        });
+        Ok(op.remap())
+    }
+
+    fn step_unmap<'op>(
+        &mut self,
+        op: OpUnmap<'op, (), BoxNode<()>>,
+    ) -> Result<OpUnmapped<'op>, Self::Error> {
+        self.ops.push(Op::Unmap {
+            va: op.va().mapping(),
+            keep: op.keep(),
+        });
+        Ok(op.remove())
+    }
+}
+
+fn state(vm: &Vm) -> Vec<Mapping> {
+    vm.iter().map(|v| v.mapping()).collect()
+}
+
+/// Checks that mapping `req` over `existing` emits exactly `ops` (both APIs) and leaves `after`.
+fn check_map(existing: &[Mapping], req: Mapping, ops: &[Op], after: &[Mapping]) {
+    let mut vm = vm_with(existing);
+    let recorded = vm.sm_map_ops(req).expect("valid request");
+    assert_eq!(recorded.ops(), ops, "recorded op list");
+    assert_eq!(state(&vm), existing, "recording must not change the tree");
+
+    let mut pool = NodeReserve::try_alloc(3).expect("memory");
+    let mut retired = RetiredList::new();
+    let mut rec = Recorder::default();
+    vm.sm_map(req, &mut pool, &mut retired, &mut rec)
+        .expect("map");
+    assert_eq!(rec.ops, ops, "ops seen by the step visitor");
+    assert_eq!(state(&vm), after, "resulting tree");
+    check_accounting(&vm, ops, 3 - pool.len(), retired.len());
+}
+
+/// Checks that unmapping `[addr, addr + len)` emits exactly `ops` (both APIs) and leaves `after`.
+fn check_unmap(existing: &[Mapping], addr: u64, len: u64, ops: &[Op], after: &[Mapping]) {
+    let mut vm = vm_with(existing);
+    let recorded = vm.sm_unmap_ops(addr, len).expect("valid request");
+    assert_eq!(recorded.ops(), ops, "recorded op list");
+    assert_eq!(state(&vm), existing);
+
+    let mut pool = NodeReserve::try_alloc(2).expect("memory");
+    let mut retired = RetiredList::new();
+    let mut rec = Recorder::default();
+    vm.sm_unmap(addr, len, &mut pool, &mut retired, &mut rec)
+        .expect("unmap");
+    assert_eq!(rec.ops, ops, "ops seen by the step visitor");
+    assert_eq!(state(&vm), after, "resulting tree");
+    check_accounting(&vm, ops, 2 - pool.len(), retired.len());
+}
+
+/// Nodes taken = new mappings and pieces; nodes retired = old mappings unmapped or split.
+fn check_accounting(vm: &Vm, ops: &[Op], taken: usize, retired: usize) {
+    let mut new = 0;
+    let mut gone = 0;
+    for op in ops {
+        match op {
+            Op::Map(_) => new += 1,
+            Op::Remap { prev, next, .. } => {
+                new += usize::from(prev.is_some()) + usize::from(next.is_some());
+                gone += 1;
+            }
+            Op::Unmap { .. } => gone += 1,
+        }
+    }
+    assert_eq!(taken, new, "nodes taken from the reservation");
+    assert_eq!(retired, gone, "nodes retired");
+    assert_eq!(vm.len(), vm.iter().count());
+}
+
+// --- Decision table rows (gpuvm-semantics.md 2.3) ---------------------------------------------
+
+#[test]
+fn case_a1_same_range_same_backing_keeps() {
+    let a = m(100, 200, X, 0);
+    check_map(
+        &[a],
+        m(100, 200, X, 0),
+        &[unmap(a, true), map(m(100, 200, X, 0))],
+        &[m(100, 200, X, 0)],
+    );
+}
+
+#[test]
+fn case_a1_same_range_other_offset() {
+    let a = m(100, 200, X, 0);
+    check_map(
+        &[a],
+        m(100, 200, X, 8),
+        &[unmap(a, false), map(m(100, 200, X, 8))],
+        &[m(100, 200, X, 8)],
+    );
+}
+
+#[test]
+fn case_a2_request_extends_end() {
+    let a = m(100, 100, X, 0);
+    let b = m(50, 50, Y, 0);
+    // The walk goes on past A (A2) and stops nowhere early: nothing else overlaps.
+    check_map(
+        &[b, a],
+        m(100, 300, Z, 0),
+        &[unmap(a, false), map(m(100, 300, Z, 0))],
+        &[b, m(100, 300, Z, 0)],
+    );
+}
+
+#[test]
+fn case_a3_left_subset() {
+    let a = m(0, 200, X, 50);
+    check_map(
+        &[a],
+        m(0, 100, Y, 9),
+        &[
+            remap(a, false, None, Some(m(100, 100, X, 150))),
+            map(m(0, 100, Y, 9)),
+        ],
+        &[m(0, 100, Y, 9), m(100, 100, X, 150)],
+    );
+}
+
+#[test]
+fn case_b1_right_subset() {
+    let a = m(0, 200, X, 50);
+    check_map(
+        &[a],
+        m(100, 100, Y, 9),
+        &[
+            remap(a, false, Some(m(0, 100, X, 50)), None),
+            map(m(100, 100, Y, 9)),
+        ],
+        &[m(0, 100, X, 50), m(100, 100, Y, 9)],
+    );
+}
+
+#[test]
+fn case_b2_overlap_start() {
+    let a = m(0, 200, X, 0);
+    check_map(
+        &[a],
+        m(100, 200, Y, 0),
+        &[
+            remap(a, false, Some(m(0, 100, X, 0)), None),
+            map(m(100, 200, Y, 0)),
+        ],
+        &[m(0, 100, X, 0), m(100, 200, Y, 0)],
+    );
+}
+
+#[test]
+fn case_b3_strictly_inside() {
+    let a = m(0, 300, X, 1000);
+    check_map(
+        &[a],
+        m(100, 100, X, 1100),
+        &[
+            remap(
+                a,
+                true,
+                Some(m(0, 100, X, 1000)),
+                Some(m(200, 100, X, 1200)),
+            ),
+            map(m(100, 100, X, 1100)),
+        ],
+        &[
+            m(0, 100, X, 1000),
+            m(100, 100, X, 1100),
+            m(200, 100, X, 1200),
+        ],
+    );
+}
+
+#[test]
+fn case_c1_ends_together() {
+    let a = m(200, 100, X, 0);
+    check_map(
+        &[a],
+        m(100, 200, Y, 0),
+        &[unmap(a, false), map(m(100, 200, Y, 0))],
+        &[m(100, 200, Y, 0)],
+    );
+}
+
+#[test]
+fn case_c2_old_strictly_inside() {
+    // a and b translate exactly as the request does (offset - addr == -100 for all three): keep.
+    let a = m(200, 10, X, 100);
+    let b = m(300, 10, X, 200);
+    let req = m(100, 300, X, 0);
+    check_map(
+        &[a, b],
+        req,
+        &[unmap(a, true), unmap(b, true), map(req)],
+        &[req],
+    );
+    // Same object, request shifted by 5: no keep.
+    let req = m(100, 300, X, 5);
+    check_map(
+        &[a, b],
+        req,
+        &[unmap(a, false), unmap(b, false), map(req)],
+        &[req],
+    );
+}
+
+#[test]
+fn case_c3_overlap_end() {
+    let a = m(200, 200, X, 10);
+    check_map(
+        &[a],
+        m(100, 200, Y, 0),
+        &[
+            remap(a, false, None, Some(m(300, 100, X, 110))),
+            map(m(100, 200, Y, 0)),
+        ],
+        &[m(100, 200, Y, 0), m(300, 100, X, 110)],
+    );
+}
+
+// --- Worked examples (gpuvm-semantics.md 2.5) ---------------------------------------------------
+
+#[test]
+fn e1_exact_match_same_backing() {
+    let a = m(100, 100, X, 0);
+    check_map(
+        &[a],
+        m(100, 100, X, 0),
+        &[unmap(a, true), map(m(100, 100, X, 0))],
+        &[m(100, 100, X, 0)],
+    );
+}
+
+#[test]
+fn e2_exact_range_other_offset() {
+    let a = m(100, 100, X, 0);
+    check_map(
+        &[a],
+        m(100, 100, X, 40),
+        &[unmap(a, false), map(m(100, 100, X, 40))],
+        &[m(100, 100, X, 40)],
+    );
+}
+
+#[test]
+fn e3_exact_range_other_object() {
+    let a = m(100, 100, X, 0);
+    check_map(
+        &[a],
+        m(100, 100, Y, 0),
+        &[unmap(a, false), map(m(100, 100, Y, 0))],
+        &[m(100, 100, Y, 0)],
+    );
+}
+
+#[test]
+fn e4_inside_same_backing_not_merged() {
+    let a = m(100, 300, X, 0);
+    check_map(
+        &[a],
+        m(200, 100, X, 100),
+        &[
+            remap(a, true, Some(m(100, 100, X, 0)), Some(m(300, 100, X, 200))),
+            map(m(200, 100, X, 100)),
+        ],
+        &[m(100, 100, X, 0), m(200, 100, X, 100), m(300, 100, X, 200)],
+    );
+}
+
+#[test]
+fn e5_inside_other_object() {
+    let a = m(100, 300, X, 0);
+    check_map(
+        &[a],
+        m(200, 100, Y, 7),
+        &[
+            remap(a, false, Some(m(100, 100, X, 0)), Some(m(300, 100, X, 200))),
+            map(m(200, 100, Y, 7)),
+        ],
+        &[m(100, 100, X, 0), m(200, 100, Y, 7), m(300, 100, X, 200)],
+    );
+}
+
+#[test]
+fn e6_left_subset_other_object() {
+    let a = m(100, 200, X, 0);
+    check_map(
+        &[a],
+        m(100, 100, Y, 0),
+        &[
+            remap(a, false, None, Some(m(200, 100, X, 100))),
+            map(m(100, 100, Y, 0)),
+        ],
+        &[m(100, 100, Y, 0), m(200, 100, X, 100)],
+    );
+}
+
+#[test]
+fn e7_request_extends_same_backing() {
+    let a = m(100, 100, X, 0);
+    check_map(
+        &[a],
+        m(100, 200, X, 0),
+        &[unmap(a, true), map(m(100, 200, X, 0))],
+        &[m(100, 200, X, 0)],
+    );
+}
+
+#[test]
+fn e8_overlap_tail_same_backing() {
+    let a = m(100, 200, X, 0);
+    check_map(
+        &[a],
+        m(200, 200, X, 100),
+        &[
+            remap(a, true, Some(m(100, 100, X, 0)), None),
+            map(m(200, 200, X, 100)),
+        ],
+        &[m(100, 100, X, 0), m(200, 200, X, 100)],
+    );
+}
+
+#[test]
+fn e9_overlap_head_same_backing() {
+    let a = m(200, 200, X, 150);
+    check_map(
+        &[a],
+        m(100, 200, X, 50),
+        &[
+            remap(a, true, None, Some(m(300, 100, X, 250))),
+            map(m(100, 200, X, 50)),
+        ],
+        &[m(100, 200, X, 50), m(300, 100, X, 250)],
+    );
+}
+
+#[test]
+fn e10_three_mappings_gap_swallowed() {
+    let a = m(100, 100, X, 0);
+    let b = m(200, 100, Y, 0);
+    let c = m(350, 100, Z, 10);
+    check_map(
+        &[a, b, c],
+        m(150, 250, W, 0),
+        &[
+            remap(a, false, Some(m(100, 50, X, 0)), None),
+            unmap(b, false),
+            remap(c, false, None, Some(m(400, 50, Z, 60))),
+            map(m(150, 250, W, 0)),
+        ],
+        &[m(100, 50, X, 0), m(150, 250, W, 0), m(400, 50, Z, 60)],
+    );
+}
+
+#[test]
+fn e11_adjacent_contiguous_not_merged() {
+    let a = m(100, 100, X, 0);
+    check_map(
+        &[a],
+        m(200, 100, X, 100),
+        &[map(m(200, 100, X, 100))],
+        &[a, m(200, 100, X, 100)],
+    );
+}
+
+#[test]
+fn e12_empty_space() {
+    check_map(
+        &[],
+        m(0, 10, X, 0),
+        &[map(m(0, 10, X, 0))],
+        &[m(0, 10, X, 0)],
+    );
+}
+
+#[test]
+fn e13_null_object_offsets_advance_never_keep() {
+    let a = m(100, 200, NULL, 0);
+    check_map(
+        &[a],
+        m(100, 100, NULL, 0),
+        &[
+            remap(a, false, None, Some(m(200, 100, NULL, 100))),
+            map(m(100, 100, NULL, 0)),
+        ],
+        &[m(100, 100, NULL, 0), m(200, 100, NULL, 100)],
+    );
+}
+
+#[test]
+fn e14_two_contiguous_replaced_by_one() {
+    let a = m(100, 50, X, 0);
+    let b = m(150, 50, X, 50);
+    check_map(
+        &[a, b],
+        m(100, 100, X, 0),
+        &[unmap(a, true), unmap(b, true), map(m(100, 100, X, 0))],
+        &[m(100, 100, X, 0)],
+    );
+}
+
+#[test]
+fn u1_unmap_across_two() {
+    let a = m(100, 100, X, 0);
+    let b = m(200, 100, Y, 0);
+    check_unmap(
+        &[a, b],
+        150,
+        100,
+        &[
+            remap(a, false, Some(m(100, 50, X, 0)), None),
+            remap(b, false, None, Some(m(250, 50, Y, 50))),
+        ],
+        &[m(100, 50, X, 0), m(250, 50, Y, 50)],
+    );
+}
+
+#[test]
+fn u2_unmap_middle_needs_two_nodes() {
+    let a = m(100, 300, X, 0);
+    check_unmap(
+        &[a],
+        200,
+        100,
+        &[remap(
+            a,
+            false,
+            Some(m(100, 100, X, 0)),
+            Some(m(300, 100, X, 200)),
+        )],
+        &[m(100, 100, X, 0), m(300, 100, X, 200)],
+    );
+}
+
+#[test]
+fn u3_unmap_everything() {
+    let a = m(100, 100, X, 0);
+    let b = m(200, 100, Y, 0);
+    check_unmap(&[a, b], 0, 1000, &[unmap(a, false), unmap(b, false)], &[]);
+}
+
+#[test]
+fn u4_unmap_exact() {
+    let a = m(100, 100, X, 0);
+    check_unmap(&[a], 100, 100, &[unmap(a, false)], &[]);
+}
+
+#[test]
+fn u5_unmap_hole_is_a_noop() {
+    let a = m(100, 100, X, 0);
+    check_unmap(&[a], 300, 50, &[], &[a]);
+}
+
+// --- Unmap shapes (style.md 3.9) ------------------------------------------------------------------
+
+#[test]
+fn unmap_prefix_keeps_tail() {
+    let a = m(100, 200, X, 0);
+    check_unmap(
+        &[a],
+        100,
+        50,
+        &[remap(a, false, None, Some(m(150, 150, X, 50)))],
+        &[m(150, 150, X, 50)],
+    );
+}
+
+#[test]
+fn unmap_suffix_keeps_head() {
+    let a = m(100, 200, X, 0);
+    check_unmap(
+        &[a],
+        250,
+        50,
+        &[remap(a, false, Some(m(100, 150, X, 0)), None)],
+        &[m(100, 150, X, 0)],
+    );
+}
+
+#[test]
+fn unmap_same_backing_never_keeps() {
+    // sm_unmap always reports keep = false, even for an exact same-object range.
+    let a = m(100, 100, X, 0);
+    check_unmap(&[a], 100, 100, &[unmap(a, false)], &[]);
+}
+
+// --- Flags and lookups ----------------------------------------------------------------------------
+
+#[test]
+fn pieces_inherit_flags_and_keep_ignores_them() {
+    use crate::VaFlags;
+    let flags = VaFlags::SPARSE.union(VaFlags::from_bits(1 << VaFlags::USER_SHIFT));
+    let a = m(100, 300, X, 0).with_flags(flags);
+    let req = m(200, 100, X, 100);
+    check_map(
+        &[a],
+        req,
+        &[
+            remap(
+                a,
+                true,
+                Some(m(100, 100, X, 0).with_flags(flags)),
+                Some(m(300, 100, X, 200).with_flags(flags)),
+            ),
+            map(req),
+        ],
+        &[
+            m(100, 100, X, 0).with_flags(flags),
+            req,
+            m(300, 100, X, 200).with_flags(flags),
+        ],
+    );
+}
+
+#[test]
+fn neighbour_lookups_are_strict() {
+    let a = m(100, 100, X, 0);
+    let b = m(300, 100, Y, 0);
+    let vm = vm_with(&[a, b]);
+    // find_prev(addr): the mapping ending exactly at addr.
+    assert_eq!(vm.find_prev(200).map(|v| v.mapping()), Some(a));
+    assert_eq!(
+        vm.find_prev(300).map(|v| v.mapping()),
+        None,
+        "kernel quirk would return b"
+    );
+    assert_eq!(vm.find_prev(0).map(|v| v.mapping()), None);
+    // find_next(addr): the mapping starting exactly at addr.
+    assert_eq!(vm.find_next(300).map(|v| v.mapping()), Some(b));
+    assert_eq!(
+        vm.find_next(299).map(|v| v.mapping()),
+        None,
+        "kernel quirk would return b"
+    );
+    assert_eq!(vm.find_next(200).map(|v| v.mapping()), None);
+    // Exact find, first overlapping, containing lookup, range iteration.
+    assert_eq!(vm.find(100, 100).map(|v| v.mapping()), Some(a));
+    assert!(vm.find(100, 50).is_none());
+    assert_eq!(vm.find_first(150..350).map(|v| v.mapping()), Some(a));
+    assert_eq!(vm.find_first(200..300).map(|v| v.mapping()), None);
+    assert!(vm.is_range_empty(200..300));
+    assert_eq!(
+        vm.find_first(0..0).map(|v| v.mapping()),
+        None,
+        "an empty range overlaps nothing"
+    );
+    assert_eq!(vm.lookup(399).map(|v| v.mapping()), Some(b));
+    assert!(vm.lookup(400).is_none());
+    let seen: Vec<_> = vm.iter_range(199..301).map(|v| v.mapping()).collect();
+    assert_eq!(seen, [a, b]);
+    let seen: Vec<_> = vm.iter_range(200..300).map(|v| v.mapping()).collect();
+    assert!(seen.is_empty());
+}
+
+#[test]
+fn exact_match_is_unmap_keep_then_map_not_empty() {
+    // gpuvm-semantics.md 8.1: the kernel docs claim "no ops"; the code (and we) emit two.
+    let a = m(0, 10, X, 5);
+    let vm = vm_with(&[a]);
+    let ops = vm.sm_map_ops(a).expect("valid");
+    assert_eq!(ops.len(), 2);
+}
