@@ -117,7 +117,7 @@
 
 mod list;
 mod ops;
-#[cfg(test)]
+#[cfg(all(test, feature = "alloc"))]
 mod tests;
 mod visit;
 

@@ -1,0 +1,251 @@
+//! `vmsim ops`: replay a v1 trace through gpuva and print the ops and the final state.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use gpuva::{
+    BoxNode, GpuVm, MapError, Mapping, NodeReserve, ObjId, Op, OpMap, OpMapped, OpRemap,
+    OpRemapped, OpUnmap, OpUnmapped, RetiredList, SmVisitor, UnmapError,
+};
+
+use crate::trace::{Request, Trace};
+
+type Vm = GpuVm<(), BoxNode<()>>;
+
+/// Why a trace could not be replayed at all (as opposed to a request being rejected, which is
+/// printed as `err <reason>`).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The `space`/`reserve` geometry is unusable.
+    #[error("invalid VA space: {0}")]
+    Geometry(#[from] gpuva::NewError),
+    /// Node memory could not be reserved.
+    #[error("reserving nodes: {0}")]
+    Reserve(#[from] gpuva::ReserveError<gpuva::AllocError>),
+}
+
+/// Feeds every op to `sink` as it is applied.
+struct Emit<F>(F);
+
+impl<F: FnMut(Op)> SmVisitor<(), BoxNode<()>> for Emit<F> {
+    type Error = std::convert::Infallible;
+
+    fn step_map<'op>(
+        &mut self,
+        op: OpMap<'op, (), BoxNode<()>>,
+    ) -> Result<OpMapped<'op>, Self::Error> {
+        (self.0)(Op::Map(*op.mapping()));
+        Ok(op.insert(()))
+    }
+
+    fn step_remap<'op>(
+        &mut self,
+        op: OpRemap<'op, (), BoxNode<()>>,
+    ) -> Result<OpRemapped<'op>, Self::Error> {
+        (self.0)(Op::Remap {
+            unmap: op.va().mapping(),
+            keep: op.keep(),
+            prev: op.prev().copied(),
+            next: op.next().copied(),
+        });
+        Ok(op.remap())
+    }
+
+    fn step_unmap<'op>(
+        &mut self,
+        op: OpUnmap<'op, (), BoxNode<()>>,
+    ) -> Result<OpUnmapped<'op>, Self::Error> {
+        (self.0)(Op::Unmap {
+            va: op.va().mapping(),
+            keep: op.keep(),
+        });
+        Ok(op.remove())
+    }
+}
+
+/// A fresh VA space for `trace`.
+///
+/// # Errors
+///
+/// [`ReplayError::Geometry`] if the geometry is unusable.
+pub fn new_vm(trace: &Trace) -> Result<Vm, ReplayError> {
+    let (start, size) = trace.space;
+    let (rstart, rsize) = trace.reserve.unwrap_or((start, 0));
+    Ok(Vm::with_size(start, size, rstart, rsize)?)
+}
+
+/// Runs one request through the step API; `sink` sees each op. `Ok(Err(reason))` for a rejected
+/// request (the VA space is unchanged).
+fn run_request(
+    vm: &mut Vm,
+    req: Request,
+    retired: &mut RetiredList<(), BoxNode<()>>,
+    sink: impl FnMut(Op),
+) -> Result<Result<(), &'static str>, ReplayError> {
+    let mut visitor = Emit(sink);
+    let rejected = match req {
+        Request::Map {
+            addr,
+            size,
+            obj,
+            offset,
+        } => {
+            let mut pool = NodeReserve::try_alloc(gpuva::MAX_MAP_NODES)?;
+            match vm.sm_map(
+                Mapping::new(addr, size, ObjId::new(obj), offset),
+                &mut pool,
+                retired,
+                &mut visitor,
+            ) {
+                Ok(()) => None,
+                Err(MapError::Range(e)) => Some(e.as_str()),
+                Err(_) => Some("internal"),
+            }
+        }
+        Request::Unmap { addr, size } => {
+            let mut pool = NodeReserve::try_alloc(gpuva::MAX_UNMAP_NODES)?;
+            match vm.sm_unmap(addr, size, &mut pool, retired, &mut visitor) {
+                Ok(()) => None,
+                Err(UnmapError::Range(e)) => Some(e.as_str()),
+                Err(_) => Some("internal"),
+            }
+        }
+    };
+    Ok(rejected.map_or(Ok(()), Err))
+}
+
+fn obj(m: &Mapping) -> u64 {
+    m.obj.map_or(0, ObjId::get)
+}
+
+fn piece(p: Option<&Mapping>) -> String {
+    p.map_or_else(
+        || "-".to_owned(),
+        |m| format!("{:#x},{:#x},{},{:#x}", m.addr, m.len, obj(m), m.offset),
+    )
+}
+
+/// Formats one op as a trace output line (without the newline).
+#[must_use]
+pub fn format_op(op: &Op) -> String {
+    match op {
+        Op::Map(m) => format!("map {:#x} {:#x} {} {:#x}", m.addr, m.len, obj(m), m.offset),
+        Op::Unmap { va, keep } => {
+            format!(
+                "unmap {:#x} {:#x} {} {:#x} keep={}",
+                va.addr,
+                va.len,
+                obj(va),
+                va.offset,
+                u8::from(*keep)
+            )
+        }
+        Op::Remap {
+            unmap,
+            keep,
+            prev,
+            next,
+        } => format!(
+            "remap unmap={},keep={} prev={} next={}",
+            piece(Some(unmap)),
+            u8::from(*keep),
+            piece(prev.as_ref()),
+            piece(next.as_ref())
+        ),
+    }
+}
+
+/// Replays `trace` and returns the output text of `vmsim ops`.
+///
+/// # Errors
+///
+/// [`ReplayError`] if the geometry is unusable or memory runs out.
+pub fn replay(trace: &Trace) -> Result<String, ReplayError> {
+    let mut vm = new_vm(trace)?;
+    let mut out = String::new();
+    let mut retired = RetiredList::new();
+    for (i, &req) in trace.requests.iter().enumerate() {
+        let _ = writeln!(out, "req {}", i + 1);
+        let mut lines = String::new();
+        let outcome = run_request(&mut vm, req, &mut retired, |op| {
+            let _ = writeln!(lines, "{}", format_op(&op));
+        })?;
+        match outcome {
+            Ok(()) => out.push_str(&lines),
+            Err(reason) => {
+                let _ = writeln!(out, "err {reason}");
+            }
+        }
+        // Cleanup stage: free what the request removed.
+        while retired.pop().is_some() {}
+    }
+    out.push_str("state\n");
+    for va in vm.iter() {
+        let m = va.mapping();
+        let _ = writeln!(
+            out,
+            "{:#x} {:#x} {} {:#x}",
+            m.addr,
+            m.len,
+            obj(&m),
+            m.offset
+        );
+    }
+    Ok(out)
+}
+
+/// One timed run: every request computed and applied, nothing printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchRun {
+    /// Requests processed.
+    pub requests: usize,
+    /// Wall time of the whole run.
+    pub total: Duration,
+    /// Mappings left at the end.
+    pub final_mappings: usize,
+}
+
+impl BenchRun {
+    /// The `--bench` output line.
+    #[must_use]
+    pub fn line(&self) -> String {
+        let total_ns = self.total.as_nanos();
+        let per = total_ns / self.requests.max(1) as u128;
+        format!(
+            "requests {} total_ns {} ns_per_request {} final_mappings {}",
+            self.requests, total_ns, per, self.final_mappings
+        )
+    }
+}
+
+/// Times `repeat` runs of `trace`, each on a fresh VA space, and returns the median run.
+///
+/// Each request pays what a driver pays: reserving nodes (prepare), computing and applying the ops
+/// (run), and freeing removed nodes (cleanup).
+///
+/// # Errors
+///
+/// As [`replay`].
+pub fn bench(trace: &Trace, repeat: usize) -> Result<BenchRun, ReplayError> {
+    let mut runs = Vec::with_capacity(repeat.max(1));
+    for _ in 0..repeat.max(1) {
+        let mut vm = new_vm(trace)?;
+        let mut retired = RetiredList::new();
+        let mut ops = 0usize;
+        let start = Instant::now();
+        for &req in &trace.requests {
+            // Rejected requests are part of the workload too; their outcome is not printed.
+            let _ = run_request(&mut vm, req, &mut retired, |_| ops += 1)?;
+            while retired.pop().is_some() {}
+        }
+        let total = start.elapsed();
+        std::hint::black_box(ops);
+        runs.push(BenchRun {
+            requests: trace.requests.len(),
+            total,
+            final_mappings: vm.len(),
+        });
+    }
+    runs.sort_by_key(|r| r.total);
+    Ok(runs[runs.len() / 2])
+}
