@@ -15,6 +15,10 @@ pub enum NewError {
     InvertedReserve,
     /// The reserved cut-out is not inside the VA space.
     ReserveOutside,
+    /// The bucket directory has no bucket, or a bucket that is not empty.
+    Directory,
+    /// The directory could not be allocated.
+    OutOfMemory,
 }
 
 impl fmt::Display for NewError {
@@ -24,6 +28,8 @@ impl fmt::Display for NewError {
             Self::Overflow => "the VA space end overflows u64",
             Self::InvertedReserve => "the reserved range ends before it starts",
             Self::ReserveOutside => "the reserved range is not inside the VA space",
+            Self::Directory => "the bucket directory is empty or holds nodes",
+            Self::OutOfMemory => "out of memory for the bucket directory",
         })
     }
 }

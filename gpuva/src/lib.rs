@@ -92,6 +92,7 @@
 extern crate alloc;
 
 mod error;
+mod forest;
 mod node;
 pub mod sm;
 mod tree;
@@ -99,6 +100,7 @@ mod va;
 mod vm;
 
 pub use error::{ApplyError, MapError, NewError, OpsError, RangeError, UnmapError};
+pub use forest::OneBucket;
 #[cfg(feature = "alloc")]
 pub use node::BoxNode;
 pub use node::{
@@ -111,4 +113,6 @@ pub use sm::{
     Apply, Op, OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped, Piece, Request, SmVisitor,
 };
 pub use va::{GpuVa, Mapping, ObjId, VaFlags};
+#[cfg(feature = "alloc")]
+pub use vm::alloc_directory;
 pub use vm::GpuVm;

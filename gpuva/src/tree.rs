@@ -4,11 +4,11 @@
 //! query: the first mapping overlapping `[a, e)` is the last one starting at or before `a` if it
 //! reaches past `a`, else the first one starting in `[a, e)`.
 //!
-//! Why a treap: a request touches one contiguous key range. We split the tree at the request's start
-//! and end (two descents along nearly the same path), work on the detached middle, and join the
-//! pieces back along the same spines. So a request costs about one cold descent, and insertion and
-//! removal need no memory beyond the nodes themselves: nothing to preallocate that depends on the
-//! tree's shape (the maple-tree problem of `pagetables-and-vmbind.md` section 2.1).
+//! Why a treap: insertion and removal are a split and a join, need no memory beyond the nodes
+//! themselves (nothing to preallocate that depends on the tree's shape: the maple-tree problem of
+//! `pagetables-and-vmbind.md` section 2.1), and the code is short and iterative. Each treap holds
+//! one bucket of the directory (`forest.rs`), so it is usually tiny; it keeps the worst case
+//! logarithmic when mappings cluster in one bucket.
 //!
 //! Priorities come from a per-VM pseudo-random generator, not from addresses, so no sequence of
 //! requests can make the tree degenerate on purpose: the expected depth is about `2 ln n` (28 at a
@@ -77,22 +77,20 @@ pub(crate) fn pop_min<D, P: NodePtr<D>>(t: &mut Link<P>) -> Link<P> {
     Some(n)
 }
 
-/// Detaches the node with the largest key.
-pub(crate) fn pop_max<D, P: NodePtr<D>>(t: &mut Link<P>) -> Link<P> {
-    let mut hole = t;
-    while hole.as_ref().is_some_and(|n| n.right.is_some()) {
-        hole = &mut hole.as_mut()?.right;
-    }
-    let mut n = hole.take()?;
-    *hole = n.left.take();
-    Some(n)
-}
-
 /// The node with the largest key.
 pub(crate) fn max<D, P: NodePtr<D>>(t: &Link<P>) -> Option<&GpuVa<D, P>> {
     let mut n = t.as_deref()?;
     while let Some(r) = n.right.as_deref() {
         n = r;
+    }
+    Some(n)
+}
+
+/// The node with the smallest key.
+pub(crate) fn min<D, P: NodePtr<D>>(t: &Link<P>) -> Option<&GpuVa<D, P>> {
+    let mut n = t.as_deref()?;
+    while let Some(l) = n.left.as_deref() {
+        n = l;
     }
     Some(n)
 }

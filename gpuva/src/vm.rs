@@ -7,16 +7,19 @@ use core::ops::Range;
 #[cfg(feature = "alloc")]
 use crate::error::ApplyError;
 use crate::error::{MapError, NewError, OpsError, RangeError, UnmapError};
+use crate::forest::{Forest, OneBucket};
 use crate::node::{GpuVaRemoved, NodePool, NodePtr, RetiredList, MAX_MAP_NODES, MAX_UNMAP_NODES};
 use crate::sm::{Apply, Op, OpMap, OpRemap, OpUnmap, Pending, SmVisitor, Step, Walker};
-use crate::tree::{self, Link, Rng};
+use crate::tree::{Link, Rng};
 use crate::va::{GpuVa, Mapping};
 
 /// A GPU virtual address space: the mappings of `[start, end)`, minus an optional kernel-reserved
 /// cut-out, kept in a tree of caller-supplied nodes.
 ///
 /// `D` is the driver payload stored with every mapping; `P` the node handle type (see
-/// [`NodePtr`]).
+/// [`NodePtr`]); `B` the bucket directory (see [`GpuVm::with_buckets`]): the default
+/// [`OneBucket`] needs no memory and keeps one treap, a directory with a bucket per one or two
+/// mappings makes requests on large VA spaces several times faster.
 ///
 /// # Locking
 ///
@@ -46,12 +49,12 @@ use crate::va::{GpuVa, Mapping};
 /// # }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct GpuVm<D, P: NodePtr<D>> {
+pub struct GpuVm<D, P: NodePtr<D>, B = OneBucket<P>> {
     space: Range<u64>,
     /// The kernel cut-out; empty when there is none. Never stored as a node, so lookups and
     /// iterators never see it (drm_gpuvm's plain iterators do).
     reserved: Range<u64>,
-    root: Link<P>,
+    forest: Forest<D, P, B>,
     count: usize,
     rng: Rng,
     generation: u64,
@@ -68,32 +71,15 @@ enum WalkError<E> {
 }
 
 impl<D, P: NodePtr<D>> GpuVm<D, P> {
-    /// A VA space over `space`, with the kernel cut-out `reserved` (an empty range for none).
+    /// A VA space over `space`, with the kernel cut-out `reserved` (an empty range for none), and
+    /// a one-bucket directory.
     ///
     /// # Errors
     ///
     /// [`NewError`] if `space` is empty, `reserved` is inverted, or a non-empty `reserved` is not
     /// inside `space`.
     pub fn new(space: Range<u64>, reserved: Range<u64>) -> Result<Self, NewError> {
-        if space.start >= space.end {
-            return Err(NewError::EmptySpace);
-        }
-        if reserved.start > reserved.end {
-            return Err(NewError::InvertedReserve);
-        }
-        let reserved = if reserved.is_empty() { 0..0 } else { reserved };
-        if !reserved.is_empty() && (reserved.start < space.start || reserved.end > space.end) {
-            return Err(NewError::ReserveOutside);
-        }
-        Ok(Self {
-            space,
-            reserved,
-            root: None,
-            count: 0,
-            rng: Rng::new(DEFAULT_SEED),
-            generation: 0,
-            _data: PhantomData,
-        })
+        Self::with_buckets(space, reserved, OneBucket::new())
     }
 
     /// [`GpuVm::new`] from start and size pairs, as `drm_gpuvm_init` takes them.
@@ -112,6 +98,83 @@ impl<D, P: NodePtr<D>> GpuVm<D, P> {
             .checked_add(reserve_size)
             .ok_or(NewError::Overflow)?;
         Self::new(start..end, reserve_start..rend)
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<D, P: NodePtr<D>> GpuVm<D, P, alloc::boxed::Box<[Option<P>]>> {
+    /// A VA space with a heap directory sized for about `mappings` live mappings (feature `alloc`;
+    /// allocated fallibly, here, never later).
+    ///
+    /// The directory gets a power-of-two number of buckets near `mappings / 2`, 8 bytes each.
+    /// [`GpuVm::rebucket`] changes it later if the VA space grows well past that.
+    ///
+    /// # Errors
+    ///
+    /// As [`GpuVm::new`], plus [`NewError::OutOfMemory`].
+    pub fn with_capacity(
+        space: Range<u64>,
+        reserved: Range<u64>,
+        mappings: usize,
+    ) -> Result<Self, NewError> {
+        Self::with_buckets(space, reserved, alloc_directory(mappings)?)
+    }
+}
+
+/// A boxed directory of about `mappings / 2` buckets (at least one).
+///
+/// # Errors
+///
+/// [`NewError::OutOfMemory`].
+#[cfg(feature = "alloc")]
+pub fn alloc_directory<P>(mappings: usize) -> Result<alloc::boxed::Box<[Option<P>]>, NewError> {
+    let n = (mappings / 2)
+        .max(1)
+        .checked_next_power_of_two()
+        .ok_or(NewError::OutOfMemory)?;
+    let mut v = alloc::vec::Vec::new();
+    v.try_reserve_exact(n).map_err(|_| NewError::OutOfMemory)?;
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "capacity reserved fallibly just above"
+    )]
+    v.resize_with(n, || None);
+    if v.capacity() != n {
+        // `into_boxed_slice` would shrink (reallocate, infallibly): refuse instead.
+        return Err(NewError::OutOfMemory);
+    }
+    Ok(v.into_boxed_slice())
+}
+
+impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P, B> {
+    /// A VA space like [`GpuVm::new`], with `dir` as bucket directory: its length is the bucket
+    /// count, and every entry must be `None`.
+    ///
+    /// # Errors
+    ///
+    /// As [`GpuVm::new`], plus [`NewError::Directory`] for an empty directory or one holding nodes.
+    pub fn with_buckets(space: Range<u64>, reserved: Range<u64>, dir: B) -> Result<Self, NewError> {
+        if space.start >= space.end {
+            return Err(NewError::EmptySpace);
+        }
+        if reserved.start > reserved.end {
+            return Err(NewError::InvertedReserve);
+        }
+        let reserved = if reserved.is_empty() { 0..0 } else { reserved };
+        if !reserved.is_empty() && (reserved.start < space.start || reserved.end > space.end) {
+            return Err(NewError::ReserveOutside);
+        }
+        let forest = Forest::new(dir, space.start, space.end - space.start)
+            .map_err(|_| NewError::Directory)?;
+        Ok(Self {
+            space,
+            reserved,
+            forest,
+            count: 0,
+            rng: Rng::new(DEFAULT_SEED),
+            generation: 0,
+            _data: PhantomData,
+        })
     }
 
     /// Reseeds the treap's priority generator (only the tree's shape depends on it).
@@ -174,18 +237,20 @@ impl<D, P: NodePtr<D>> GpuVm<D, P> {
     /// The mapping exactly covering `[addr, addr + len)`, if any (`drm_gpuva_find`).
     #[must_use]
     pub fn find(&self, addr: u64, len: u64) -> Option<&GpuVa<D, P>> {
-        tree::floor(&self.root, addr).filter(|v| v.addr == addr && v.len == len)
+        self.forest
+            .floor(addr)
+            .filter(|v| v.addr == addr && v.len == len)
     }
 
     /// The mapping exactly covering `[addr, addr + len)`, mutably (only its payload can change).
     pub fn find_mut(&mut self, addr: u64, len: u64) -> Option<&mut GpuVa<D, P>> {
-        tree::get_mut(&mut self.root, addr).filter(|v| v.len == len)
+        self.forest.get_mut(addr).filter(|v| v.len == len)
     }
 
     /// The mapping containing `addr`, if any.
     #[must_use]
     pub fn lookup(&self, addr: u64) -> Option<&GpuVa<D, P>> {
-        tree::floor(&self.root, addr).filter(|v| addr < v.end())
+        self.forest.floor(addr).filter(|v| addr < v.end())
     }
 
     /// The lowest mapping overlapping `range` (`drm_gpuva_find_first`). `None` for an empty range.
@@ -207,7 +272,7 @@ impl<D, P: NodePtr<D>> GpuVm<D, P> {
     #[must_use]
     pub fn find_prev(&self, addr: u64) -> Option<&GpuVa<D, P>> {
         let before = addr.checked_sub(1)?;
-        tree::floor(&self.root, before).filter(|v| v.end() == addr)
+        self.forest.floor(before).filter(|v| v.end() == addr)
     }
 
     /// The mapping that starts exactly at `addr`: the right neighbour of a range ending there.
@@ -215,13 +280,13 @@ impl<D, P: NodePtr<D>> GpuVm<D, P> {
     /// Strict, unlike `drm_gpuva_find_next`, which also returns a mapping starting at `addr + 1`.
     #[must_use]
     pub fn find_next(&self, addr: u64) -> Option<&GpuVa<D, P>> {
-        tree::floor(&self.root, addr).filter(|v| v.addr == addr)
+        self.forest.floor(addr).filter(|v| v.addr == addr)
     }
 
     /// All mappings in ascending address order.
     pub fn iter(&self) -> impl Iterator<Item = &GpuVa<D, P>> + '_ {
         // A live mapping never starts at u64::MAX: its end would overflow.
-        tree::Iter::new(&self.root, 0, u64::MAX)
+        self.forest.iter(0, u64::MAX)
     }
 
     /// The mappings overlapping `range`, in ascending address order (a mapping that straddles
@@ -230,19 +295,43 @@ impl<D, P: NodePtr<D>> GpuVm<D, P> {
         let straddler = if range.is_empty() {
             None
         } else {
-            tree::floor(&self.root, range.start)
+            self.forest
+                .floor(range.start)
                 .filter(|v| v.addr < range.start && v.end() > range.start)
         };
         straddler
             .into_iter()
-            .chain(tree::Iter::new(&self.root, range.start, range.end))
+            .chain(self.forest.iter(range.start, range.end))
     }
 
-    /// Depth of the tree (1 for a single mapping), for statistics and tests.
+    /// Depth of the deepest bucket treap (1 for a single mapping), for statistics and tests.
     #[doc(hidden)]
     #[must_use]
     pub fn depth(&self) -> usize {
-        tree::depth(&self.root)
+        self.forest.depth()
+    }
+
+    /// Number of buckets in the directory.
+    #[must_use]
+    pub fn buckets(&self) -> usize {
+        self.forest.buckets()
+    }
+
+    /// Moves every mapping into a new bucket directory `dir` and hands back the old one, empty.
+    ///
+    /// Moves nodes only, never allocates: allocate `dir` before taking the VM lock and free the old
+    /// directory after releasing it. Takes O(n log n) for n mappings.
+    ///
+    /// # Errors
+    ///
+    /// `dir` itself with [`NewError::Directory`] if it is empty or holds nodes; nothing changed.
+    pub fn rebucket(&mut self, dir: B) -> Result<B, (B, NewError)> {
+        let mut forest = Forest::new(dir, self.space.start, self.space.end - self.space.start)
+            .map_err(|dir| (dir, NewError::Directory))?;
+        while let Some(node) = self.forest.pop_min() {
+            forest.insert(node);
+        }
+        Ok(core::mem::replace(&mut self.forest, forest).into_dir())
     }
 
     /// Runs `sm_map` for `req`, applying each step through `visitor` (the step API).
@@ -440,8 +529,7 @@ impl<D, P: NodePtr<D>> GpuVm<D, P> {
 
     /// Removes every mapping into `retired` (VM teardown). Never allocates.
     pub fn clear(&mut self, retired: &mut RetiredList<D, P>) {
-        let mut root = self.root.take();
-        while let Some(node) = tree::pop_min(&mut root) {
+        while let Some(node) = self.forest.pop_min() {
             retired.push(GpuVaRemoved::new(node));
         }
         if self.count != 0 {
@@ -487,22 +575,26 @@ impl<D, P: NodePtr<D>> GpuVm<D, P> {
         visitor: &mut V,
     ) -> Result<(), WalkError<V::Error>> {
         let (a0, e0) = w.bounds();
-        //   left: start < a0 | mid: a0 <= start < e0 | right: start >= e0
-        let (mut left, ge) = tree::split(self.root.take(), a0);
-        let (mut mid, right) = tree::split(ge, e0);
         let mut prev_piece: Link<P> = None;
         let mut next_piece: Link<P> = None;
         let mut map_node: Link<P> = None;
         let (mut inserted, mut removed) = (0usize, 0usize);
         let mut result = Ok(());
 
-        // The first overlapping mapping may start below a0: then it is the largest node of `left`.
-        let mut cur = if tree::max(&left).is_some_and(|v| v.end() > a0) {
-            tree::pop_max(&mut left)
-        } else {
-            tree::pop_min(&mut mid)
+        // The first overlapping mapping may start below a0 and straddle it.
+        let straddler = self
+            .forest
+            .floor(a0)
+            .filter(|v| v.addr < a0 && v.end() > a0)
+            .map(|v| v.addr);
+        let mut cur = match straddler {
+            Some(addr) => self.forest.remove(addr),
+            None => self.forest.pop_first_in(a0, e0),
         };
 
+        // Each visited node is detached first; the pieces and the new mapping are inserted after
+        // the walk (they lie outside `[a0, e0)` or are the request itself, so the walk cannot meet
+        // them), and nothing in between can observe the tree.
         while let Some(node) = cur.take() {
             let mut pending = Pending::None;
             let step = w.step(&node.mapping());
@@ -539,12 +631,12 @@ impl<D, P: NodePtr<D>> GpuVm<D, P> {
                     );
                     let got = usize::from(a.is_some()) + usize::from(b.is_some());
                     if got < want {
-                        // A pool that lied about its size: undo nothing, keep the old node, hand
-                        // the stray nodes to cleanup.
+                        // A pool that lied about its size: keep the old node, hand the stray
+                        // nodes to cleanup.
                         for stray in [a, b].into_iter().flatten() {
                             retired.push(GpuVaRemoved::new(stray));
                         }
-                        cur = Some(node);
+                        self.forest.insert(node);
                         result = Err(WalkError::Exhausted);
                         break;
                     }
@@ -562,17 +654,21 @@ impl<D, P: NodePtr<D>> GpuVm<D, P> {
                     removed += 1;
                 }
                 // Not applied: only possible when the visitor failed. (`Map` cannot come from
-                // these ops.)
-                Pending::None | Pending::Map(_) => cur = Some(node),
+                // these ops.) The node goes back where it was.
+                Pending::None | Pending::Map(_) => {
+                    self.forest.insert(node);
+                    if r.is_ok() {
+                        result = Err(WalkError::Exhausted);
+                    }
+                }
             }
             if let Err(e) = r {
                 result = Err(WalkError::Visitor(e));
+            }
+            if result.is_err() {
                 break;
             }
-            if cur.is_some() {
-                break;
-            }
-            cur = tree::pop_min(&mut mid);
+            cur = self.forest.pop_first_in(a0, e0);
         }
 
         if let (Ok(()), Some(req)) = (&result, w.final_map()) {
@@ -600,13 +696,9 @@ impl<D, P: NodePtr<D>> GpuVm<D, P> {
             }
         }
 
-        // Join in key order: every piece sits between its neighbours (see `Splice` in sm::ops docs).
-        let mut root = tree::merge(left, prev_piece);
-        root = tree::merge(root, cur);
-        root = tree::merge(root, map_node);
-        root = tree::merge(root, mid);
-        root = tree::merge(root, next_piece);
-        self.root = tree::merge(root, right);
+        for node in [prev_piece, map_node, next_piece].into_iter().flatten() {
+            self.forest.insert(node);
+        }
         self.count = self.count + inserted - removed;
         if inserted + removed > 0 {
             self.generation = self.generation.wrapping_add(1);
@@ -635,7 +727,7 @@ fn push_op(ops: &mut alloc::vec::Vec<Op>, op: Op) -> Result<(), crate::AllocErro
     Ok(())
 }
 
-impl<D, P: NodePtr<D>> fmt::Debug for GpuVm<D, P> {
+impl<D, P: NodePtr<D>, B> fmt::Debug for GpuVm<D, P, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GpuVm")
             .field("range", &self.space)
