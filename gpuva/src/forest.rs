@@ -330,7 +330,7 @@ mod tests {
         let mut g = Gen(0x9e37_79b9);
         let mut retired = RetiredList::new();
         for i in 0..4000 {
-            let big = g.next() % 8 == 0;
+            let big = g.next().is_multiple_of(8);
             let addr = g.next() % SPACE;
             let len = if big {
                 g.next() % (SPACE / 4) + 1
@@ -339,7 +339,7 @@ mod tests {
             };
             let ops_of = |vm: &GpuVm<(), BoxNode<()>, _>| -> Vec<Op> {
                 let mut ops = Vec::new();
-                let r = if i % 3 == 0 {
+                let r = if i.is_multiple_of(3) {
                     vm.sm_unmap_walk(addr, len, |op| -> Result<(), ()> {
                         ops.push(op);
                         Ok(())
@@ -358,7 +358,7 @@ mod tests {
             };
             let (a, b) = (ops_of_plain(&plain, i, addr, len), ops_of(&bucketed));
             assert_eq!(a, b, "request {i}");
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 let r1 = plain.unmap(
                     addr,
                     len,
@@ -411,7 +411,7 @@ mod tests {
 
     fn ops_of_plain(vm: &GpuVm<(), BoxNode<()>>, i: usize, addr: u64, len: u64) -> Vec<Op> {
         let mut ops = Vec::new();
-        let r = if i % 3 == 0 {
+        let r = if i.is_multiple_of(3) {
             vm.sm_unmap_walk(addr, len, |op| -> Result<(), ()> {
                 ops.push(op);
                 Ok(())
