@@ -329,7 +329,7 @@ mod tests {
         assert_eq!(bucketed.buckets(), 64);
         let mut g = Gen(0x9e37_79b9);
         let mut retired = RetiredList::new();
-        for i in 0..4000 {
+        for i in 0..4000usize {
             let big = g.next().is_multiple_of(8);
             let addr = g.next() % SPACE;
             let len = if big {
