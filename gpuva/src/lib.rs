@@ -35,8 +35,18 @@
 //! * removed nodes are retired to a [`RetiredList`] (chained through their own links, so retiring
 //!   never allocates), unused reserved nodes stay in the [`NodeReserve`].
 //!
-//! The `alloc` feature (default) adds [`BoxNode`], a `Vec` node pool and [`OpList`]; every
-//! allocation there is fallible. Without it the crate builds against `core` alone.
+//! The tree is a directory of address buckets, each holding a treap of the mappings that start in
+//! it (see `forest.rs` and `tree.rs`). The directory is caller memory too: [`GpuVm::new`] uses a
+//! single bucket (no memory, one treap), [`GpuVm::with_buckets`] takes any slice-like storage, and
+//! [`GpuVm::with_capacity`] (feature `alloc`) allocates about one bucket per two expected mappings.
+//! At a million mappings that makes a random lookup about 15x faster than a single treap. Growing
+//! the directory ([`GpuVm::rebucket`]) moves nodes and never allocates.
+//!
+//! Memory per live mapping: a node is 56 bytes on 64-bit targets (with `D = ()`), plus 8 bytes per
+//! bucket, so about 60 bytes with [`GpuVm::with_capacity`]; drm_gpuva alone is about 120.
+//!
+//! The `alloc` feature (default) adds [`BoxNode`], a `Vec` node pool, [`OpList`] and the boxed
+//! directory; every allocation there is fallible. Without it the crate builds against `core` alone.
 //!
 //! # Examples
 //!

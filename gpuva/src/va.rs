@@ -286,3 +286,17 @@ impl<D: fmt::Debug, P> fmt::Debug for GpuVa<D, P> {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The memory figure the crate docs and BENCHMARKS.md quote.
+    #[test]
+    fn node_is_56_bytes_on_64_bit() {
+        struct Ptr(&'static ());
+        if core::mem::size_of::<usize>() == 8 {
+            assert_eq!(core::mem::size_of::<GpuVa<(), Ptr>>(), 56);
+        }
+    }
+}

@@ -112,7 +112,7 @@
 //!   touching the tree, so a driver can walk them several times (lock, reserve, write PTEs), then
 //!   apply them with [`GpuVm::apply_ops`](crate::GpuVm::apply_ops).
 //!
-//! Both feed the same [`Walker::step`] with the overlapping mappings in order, so they cannot
+//! Both feed the same decision function (`Walker::step`) with the overlapping mappings in order, so they cannot
 //! disagree.
 
 mod list;
