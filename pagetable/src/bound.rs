@@ -1,0 +1,348 @@
+//! Worst-case reservations: `Bound_map`, `Bound_unmap`, the per-job union, and panthor's formula.
+//!
+//! All bounds are pure functions of (request, backing layout, format): no page-table state goes
+//! in, because a queued job runs against a state nobody knows at submit time
+//! (`pagetables-and-vmbind.md` 2.1, 2.4).
+//!
+//! * **map**: for every level `k` below the root, count the level-`k` table windows in which the
+//!   map puts a leaf at level `k` or deeper. It is computed by the map walker itself running
+//!   over absent tables, so a window that will hold a block costs nothing below it. With
+//!   4 KiB-only backing this equals panthor's `N1 + N2 + N3`; with 2 MiB-contiguous backing the
+//!   L3 term shrinks to the windows that really hold pages.
+//! * **unmap / protect**: new tables are needed only to split blocks straddling an end: for
+//!   each end not aligned to a table span `S_k` where a block one level up is allowed, one
+//!   level-`k` table; windows shared by both ends count once.
+//! * **job**: the sum of per-op bounds is always safe. [`job_bound`] takes the per-level union
+//!   of windows across each run of consecutive map ops instead (sound: maps never remove tables,
+//!   so a table created by one map is still there for the next). Unmap and protect ops are
+//!   summed, because an unmap can retire a table that a later op then needs again.
+
+use crate::addr::{Chunk, VirtAddr};
+use crate::error::{BoundError, Stop};
+use crate::format::Format;
+use crate::mem::TableMemory;
+use crate::table::{plan_map, split_need, validate_map, validate_range, Cursor};
+
+/// A frame count per table level (index = level; index 0 is always 0 since level-0 tables are
+/// only ever roots).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableCount {
+    /// Frames per level.
+    pub per_level: [u64; 4],
+}
+
+impl TableCount {
+    /// Total frames.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.per_level.iter().sum()
+    }
+
+    fn add(&mut self, level: u8) {
+        if let Some(c) = self.per_level.get_mut(usize::from(level)) {
+            *c += 1;
+        }
+    }
+}
+
+impl core::ops::Add for TableCount {
+    type Output = TableCount;
+
+    fn add(mut self, rhs: TableCount) -> TableCount {
+        for (a, b) in self.per_level.iter_mut().zip(rhs.per_level) {
+            *a += b;
+        }
+        self
+    }
+}
+
+/// A memory type used only to name `None` in calls to the shared planner.
+enum NoMem {}
+
+impl TableMemory for NoMem {
+    fn granule(&self) -> crate::Granule {
+        match *self {}
+    }
+    fn frame(&self, _: crate::PhysAddr) -> Option<(&[u64], &crate::FrameMeta)> {
+        match *self {}
+    }
+    fn frame_mut(&mut self, _: crate::PhysAddr) -> Option<(&mut [u64], &mut crate::FrameMeta)> {
+        match *self {}
+    }
+}
+
+fn plan_absent(
+    fmt: &Format,
+    va: VirtAddr,
+    backing: &[Chunk],
+    on_table: &mut impl FnMut(u8, u64) -> Result<(), Stop>,
+) -> Result<(), BoundError> {
+    let len = validate_map(fmt, va, backing)?;
+    let s = va.as_u64();
+    plan_map(
+        fmt,
+        None::<&NoMem>,
+        None,
+        fmt.start_level(),
+        s,
+        s + len,
+        &mut Cursor::new(backing),
+        on_table,
+    )?;
+    Ok(())
+}
+
+/// `Bound_map`: the most new tables mapping `backing` at `va` can need, over every table state.
+///
+/// Exact for a map into an unpopulated region (tightness), never exceeded otherwise
+/// (sufficiency).
+///
+/// # Errors
+///
+/// The request is invalid, as [`PageTable::map`](crate::PageTable::map) would find.
+pub fn map_bound(fmt: &Format, va: VirtAddr, backing: &[Chunk]) -> Result<TableCount, BoundError> {
+    let mut c = TableCount::default();
+    plan_absent(fmt, va, backing, &mut |level, _| {
+        c.add(level);
+        Ok(())
+    })?;
+    Ok(c)
+}
+
+fn unmap_windows(
+    fmt: &Format,
+    va: VirtAddr,
+    len: u64,
+    on_table: &mut impl FnMut(u8, u64),
+) -> Result<(), BoundError> {
+    validate_range(fmt, va, len)?;
+    let (a, b) = (va.as_u64(), va.as_u64() + len);
+    // The worst case: the largest allowed block around each end. Splitting it needs one table
+    // per level down to the first level at which the end is aligned.
+    let top = fmt.min_block_level();
+    if top >= 3 {
+        return Ok(());
+    }
+    let size = fmt.entry_size(top);
+    let wa = a & !(size - 1);
+    let wb = (b - 1) & !(size - 1);
+    if a != wa || b < wa + size {
+        split_need(fmt, top, a, b.min(wa + size), on_table);
+    }
+    if wb != wa && b != wb + size {
+        split_need(fmt, top, wb, b, on_table);
+    }
+    Ok(())
+}
+
+/// `Bound_unmap`: the most tables unmapping `[va, va + len)` can need (block splits at the
+/// ends). Also the bound for [`PageTable::protect`](crate::PageTable::protect).
+///
+/// # Errors
+///
+/// The range is invalid, as [`PageTable::unmap`](crate::PageTable::unmap) would find.
+pub fn unmap_bound(fmt: &Format, va: VirtAddr, len: u64) -> Result<TableCount, BoundError> {
+    let mut c = TableCount::default();
+    unmap_windows(fmt, va, len, &mut |level, _| c.add(level))?;
+    Ok(c)
+}
+
+/// panthor's map reservation, generalised to the format: one table per level-`k` window the
+/// range touches, for every level below the root (`N(39) + N(30) + N(21)` for 4K/48-bit).
+///
+/// # Errors
+///
+/// The range is invalid.
+pub fn panthor_map_bound(fmt: &Format, va: VirtAddr, len: u64) -> Result<u64, BoundError> {
+    validate_range(fmt, va, len)?;
+    let (a, b) = (va.as_u64(), va.as_u64() + len);
+    let mut n = 0;
+    for level in fmt.start_level() + 1..=3 {
+        let shift = fmt.entry_shift(level - 1);
+        n += ((b - 1) >> shift) - (a >> shift) + 1;
+    }
+    Ok(n)
+}
+
+/// panthor's unmap reservation: one L3 table if `va` is not aligned to an L3 table's span, one
+/// more if the end is not and lies in a different window.
+///
+/// # Errors
+///
+/// The range is invalid.
+pub fn panthor_unmap_bound(fmt: &Format, va: VirtAddr, len: u64) -> Result<u64, BoundError> {
+    validate_range(fmt, va, len)?;
+    let (a, b) = (va.as_u64(), va.as_u64() + len);
+    let span = fmt.table_span(3);
+    let mut n = 0;
+    if a & (span - 1) != 0 {
+        n += 1;
+    }
+    if b & (span - 1) != 0 && (b >> span.trailing_zeros()) != (a >> span.trailing_zeros()) {
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// One operation of a job, for [`job_bound`].
+#[derive(Clone, Copy, Debug)]
+pub enum JobOp<'a> {
+    /// A map of `backing` at `va`.
+    Map {
+        /// First VA.
+        va: VirtAddr,
+        /// The backing, in VA order.
+        backing: &'a [Chunk],
+    },
+    /// An unmap of `[va, va + len)`.
+    Unmap {
+        /// First VA.
+        va: VirtAddr,
+        /// Length.
+        len: u64,
+    },
+    /// A protect of `[va, va + len)`.
+    Protect {
+        /// First VA.
+        va: VirtAddr,
+        /// Length.
+        len: u64,
+    },
+}
+
+/// A run of consecutive table windows at one level: scratch element for [`job_bound`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WindowRun {
+    level: u8,
+    first: u64,
+    last: u64,
+}
+
+/// The reservation for a whole job: per-level union of windows over each run of consecutive
+/// map ops, plus the sum of unmap/protect bounds. Never more than the sum of the per-op bounds.
+///
+/// `scratch` holds window runs while a group of maps is merged (one run per level per stretch
+/// of consecutive windows; a map of uniformly backed memory needs at most 3 or 4).
+///
+/// # Errors
+///
+/// An invalid op, or [`BoundError::ScratchFull`] if `scratch` is too small.
+pub fn job_bound(
+    fmt: &Format,
+    ops: &[JobOp<'_>],
+    scratch: &mut [WindowRun],
+) -> Result<TableCount, BoundError> {
+    let mut total = TableCount::default();
+    let mut used = 0usize;
+    for op in ops {
+        match *op {
+            JobOp::Map { va, backing } => {
+                plan_absent(fmt, va, backing, &mut |level, ws| {
+                    let w = ws >> fmt.table_span(level).trailing_zeros();
+                    // Extend the previous run at this level if contiguous (the walk is in VA
+                    // order, so runs of one map are produced sorted per level).
+                    let prev = scratch
+                        .get_mut(..used)
+                        .and_then(|s| s.iter_mut().rev().find(|r| r.level == level));
+                    if let Some(r) = prev {
+                        if r.last + 1 == w || r.last == w {
+                            r.last = w;
+                            return Ok(());
+                        }
+                    }
+                    let slot = scratch.get_mut(used).ok_or(Stop::ScratchFull)?;
+                    *slot = WindowRun {
+                        level,
+                        first: w,
+                        last: w,
+                    };
+                    used += 1;
+                    Ok(())
+                })?;
+            }
+            JobOp::Unmap { va, len } | JobOp::Protect { va, len } => {
+                total = total + union_count(scratch, &mut used);
+                total = total + unmap_bound(fmt, va, len)?;
+            }
+        }
+    }
+    Ok(total + union_count(scratch, &mut used))
+}
+
+/// Counts the union of `scratch[..used]` per level and empties it.
+fn union_count(scratch: &mut [WindowRun], used: &mut usize) -> TableCount {
+    let mut c = TableCount::default();
+    let Some(runs) = scratch.get_mut(..*used) else {
+        return c;
+    };
+    runs.sort_unstable();
+    let mut cur: Option<WindowRun> = None;
+    for r in runs.iter() {
+        match cur {
+            Some(ref mut x) if x.level == r.level && r.first <= x.last + 1 => {
+                x.last = x.last.max(r.last)
+            }
+            _ => {
+                if let Some(x) = cur {
+                    add_run(&mut c, x);
+                }
+                cur = Some(*r);
+            }
+        }
+    }
+    if let Some(x) = cur {
+        add_run(&mut c, x);
+    }
+    *used = 0;
+    c
+}
+
+fn add_run(c: &mut TableCount, r: WindowRun) {
+    if let Some(n) = c.per_level.get_mut(usize::from(r.level)) {
+        *n += r.last - r.first + 1;
+    }
+}
+
+/// [`job_bound`] with scratch space allocated fallibly on the heap (feature `alloc`).
+///
+/// # Errors
+///
+/// As [`job_bound`]; [`BoundError::ScratchFull`] also if the scratch allocation fails.
+#[cfg(feature = "alloc")]
+pub fn job_bound_alloc(fmt: &Format, ops: &[JobOp<'_>]) -> Result<TableCount, BoundError> {
+    let mut want = 16usize;
+    loop {
+        let mut v = alloc::vec::Vec::new();
+        v.try_reserve_exact(want)
+            .map_err(|_| BoundError::ScratchFull)?;
+        v.extend(core::iter::repeat_n(WindowRun::default(), want));
+        match job_bound(fmt, ops, &mut v) {
+            Err(BoundError::ScratchFull) => {
+                want = want.checked_mul(4).ok_or(BoundError::ScratchFull)?
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Reserve needed for `ops` by summing per-op bounds (for comparison with [`job_bound`]).
+///
+/// # Errors
+///
+/// An invalid op.
+pub fn sum_bound(fmt: &Format, ops: &[JobOp<'_>]) -> Result<TableCount, BoundError> {
+    let mut t = TableCount::default();
+    for op in ops {
+        t = t + match *op {
+            JobOp::Map { va, backing } => map_bound(fmt, va, backing)?,
+            JobOp::Unmap { va, len } | JobOp::Protect { va, len } => unmap_bound(fmt, va, len)?,
+        };
+    }
+    Ok(t)
+}
+
+/// Bytes covered by `backing` (saturating), a convenience for callers building requests.
+#[must_use]
+pub fn backing_len(backing: &[Chunk]) -> u64 {
+    backing.iter().fold(0u64, |a, c| a.saturating_add(c.len))
+}

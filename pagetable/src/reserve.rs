@@ -1,0 +1,154 @@
+//! The reservation: zeroed frames set aside in prepare, popped (never allocated) at run time.
+
+use core::fmt;
+
+use crate::addr::PhysAddr;
+use crate::mem::{AllocError, FrameAlloc, FrameList, FreeError, TableMemory};
+
+/// Error returned by [`Reserve::push`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReserveError {
+    /// `pa` is not a full-size frame of the given memory.
+    Foreign {
+        /// The rejected address.
+        pa: PhysAddr,
+    },
+}
+
+impl fmt::Display for ReserveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Foreign { pa } => write!(f, "frame {:#x} not in this table memory", pa.as_u64()),
+        }
+    }
+}
+
+impl core::error::Error for ReserveError {}
+
+/// A pop-only pool of zeroed frames for one job (or one operation).
+///
+/// Filled in prepare by [`Reserve::try_fill`] (which may allocate and fail), consumed by
+/// [`PageTable::map`](crate::PageTable::map) / [`unmap`](crate::PageTable::unmap) /
+/// [`protect`](crate::PageTable::protect), which only pop. Leftovers go back in cleanup through
+/// [`Reserve::release`]. Frames retired by an operation never come back here: they go to the
+/// job's [`Gather`](crate::Gather), a different type (acceptance check 15).
+///
+/// The frames are chained through their [`FrameMeta`](crate::FrameMeta), so a reserve of any
+/// size needs no storage of its own.
+#[derive(Debug, Default)]
+pub struct Reserve {
+    frames: FrameList,
+}
+
+impl Reserve {
+    /// An empty reserve.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            frames: FrameList::new(),
+        }
+    }
+
+    /// Frames left.
+    #[must_use]
+    pub const fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether no frame is left.
+    #[must_use]
+    pub const fn is_empty(&self) -> bool {
+        self.frames.len() == 0
+    }
+
+    /// Allocates `n` more frames (prepare stage).
+    ///
+    /// # Errors
+    ///
+    /// [`AllocError`] if the provider runs out; the frames allocated by this call are given back
+    /// and the reserve is as before.
+    pub fn try_fill<A: FrameAlloc + ?Sized>(
+        &mut self,
+        alloc: &mut A,
+        n: u64,
+    ) -> Result<(), AllocError> {
+        let before = self.frames.len();
+        let mut got = 0u64;
+        while got < n {
+            let pa = match alloc.alloc_frame() {
+                Ok(pa) => pa,
+                Err(e) => {
+                    self.unwind(alloc, before);
+                    return Err(e);
+                }
+            };
+            if self.frames.push(alloc, pa).is_err() {
+                // A provider handing out frames it cannot resolve is broken; give it back.
+                alloc.free_frame(pa).ok();
+                self.unwind(alloc, before);
+                return Err(AllocError::OutOfFrames);
+            }
+            got += 1;
+        }
+        Ok(())
+    }
+
+    fn unwind<A: FrameAlloc + ?Sized>(&mut self, alloc: &mut A, keep: usize) {
+        while self.frames.len() > keep {
+            match self.frames.pop(alloc) {
+                Some(pa) => {
+                    alloc.free_frame(pa).ok();
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Adds a frame the caller allocated some other way; it is zeroed here (prepare stage).
+    ///
+    /// # Errors
+    ///
+    /// [`ReserveError::Foreign`] if `pa` is not a full-size frame of `mem`; nothing changes.
+    pub fn push<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        pa: PhysAddr,
+    ) -> Result<(), ReserveError> {
+        let want = mem.granule().entries();
+        let (e, meta) = mem.frame_mut(pa).ok_or(ReserveError::Foreign { pa })?;
+        if e.len() != want {
+            return Err(ReserveError::Foreign { pa });
+        }
+        e.fill(0);
+        meta.live = 0;
+        self.frames
+            .push(mem, pa)
+            .map_err(|()| ReserveError::Foreign { pa })
+    }
+
+    /// Returns every remaining frame to `alloc` (cleanup stage).
+    ///
+    /// # Errors
+    ///
+    /// The first [`FreeError`]; frames before it were returned, the failing one is dropped from
+    /// the reserve, the rest stay.
+    pub fn release<A: FrameAlloc + ?Sized>(&mut self, alloc: &mut A) -> Result<(), FreeError> {
+        while let Some(pa) = self.frames.pop(alloc) {
+            alloc.free_frame(pa)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pop<M: TableMemory + ?Sized>(&mut self, mem: &mut M) -> Option<PhysAddr> {
+        self.frames.pop(mem)
+    }
+
+    pub(crate) fn check_first<M: TableMemory + ?Sized>(
+        &self,
+        mem: &M,
+        n: usize,
+    ) -> Result<(), Option<PhysAddr>> {
+        self.frames.first_n_resolve(mem, n)
+    }
+}

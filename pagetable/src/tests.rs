@@ -1,0 +1,787 @@
+//! Unit tests: geometry, descriptors, the worked examples of `pagetables-and-vmbind.md` 2.3,
+//! splits, reclamation, lock regions and rejected requests.
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_macros,
+    reason = "test code may allocate infallibly"
+)]
+
+extern crate std;
+
+use alloc::vec::Vec;
+
+use crate::*;
+
+const SZ_4K: u64 = 0x1000;
+const SZ_2M: u64 = 0x20_0000;
+const SZ_1G: u64 = 0x4000_0000;
+
+fn va(x: u64) -> VirtAddr {
+    VirtAddr::new(x)
+}
+
+fn chunk(pa: u64, len: u64) -> Chunk {
+    Chunk::new(PhysAddr::new(pa), len)
+}
+
+/// Records every break-before-make call.
+#[derive(Default, Debug)]
+struct Bbm(Vec<core::ops::Range<u64>>);
+
+impl BreakBeforeMake for Bbm {
+    fn invalidate_block(&mut self, block: core::ops::Range<u64>) {
+        self.0.push(block);
+    }
+}
+
+struct Env {
+    pool: VecPool,
+    pt: PageTable,
+    gather: Gather,
+}
+
+impl Env {
+    fn new(fmt: Format) -> Self {
+        let mut pool = VecPool::new(fmt.granule(), PhysAddr::new(0x8000_0000_0000)).unwrap();
+        let pt = PageTable::try_new(fmt, &mut pool).unwrap();
+        Self {
+            pool,
+            pt,
+            gather: Gather::new(),
+        }
+    }
+
+    /// Maps with exactly the bound reserved; returns (bound, used).
+    fn map(&mut self, at: u64, backing: &[Chunk], attrs: Attrs) -> Result<(u64, u64), MapError> {
+        let bound = map_bound(self.pt.format(), va(at), backing).map_or(0, |b| b.total());
+        let mut r = Reserve::new();
+        r.try_fill(&mut self.pool, bound).unwrap();
+        let res = self.pt.map(
+            &mut self.pool,
+            &mut r,
+            &mut self.gather,
+            va(at),
+            backing,
+            attrs,
+        );
+        let left = r.len() as u64;
+        r.release(&mut self.pool).unwrap();
+        res.map(|()| (bound, bound - left))
+    }
+
+    fn unmap(&mut self, at: u64, len: u64) -> Result<(u64, u64), UnmapError> {
+        let bound = unmap_bound(self.pt.format(), va(at), len).map_or(0, |b| b.total());
+        let mut r = Reserve::new();
+        r.try_fill(&mut self.pool, bound).unwrap();
+        let res = self.pt.unmap(
+            &mut self.pool,
+            &mut r,
+            &mut self.gather,
+            &mut RegionLocked,
+            va(at),
+            len,
+        );
+        let left = r.len() as u64;
+        r.release(&mut self.pool).unwrap();
+        res.map(|()| (bound, bound - left))
+    }
+
+    fn tr(&self, at: u64) -> Option<(u64, u64)> {
+        self.pt
+            .translate(&self.pool, va(at))
+            .unwrap()
+            .map(|t| (t.pa.as_u64(), t.size))
+    }
+
+    fn flush(&mut self) {
+        let g = core::mem::take(&mut self.gather);
+        g.invalidated().release(&mut self.pool).unwrap();
+    }
+
+    fn snapshot(&self) -> Vec<Leaf> {
+        let end = self.pt.format().va_limit();
+        self.pt
+            .leaves(&self.pool, va(0)..va(end))
+            .map(Result::unwrap)
+            .collect()
+    }
+}
+
+#[test]
+fn geometry() {
+    // (granule, va_bits) -> (levels, start level, root entries)
+    let cases = [
+        (Granule::K4, 48, 4, 0, 512),
+        (Granule::K4, 39, 3, 1, 512),
+        (Granule::K4, 40, 4, 0, 2),
+        (Granule::K4, 32, 3, 1, 4),
+        (Granule::K16, 48, 4, 0, 2),
+        (Granule::K16, 47, 3, 1, 2048),
+        (Granule::K16, 37, 3, 1, 2),
+        (Granule::K16, 36, 2, 2, 2048),
+        (Granule::K16, 32, 2, 2, 128),
+        (Granule::K64, 48, 3, 1, 64),
+        (Granule::K64, 42, 2, 2, 8192),
+        (Granule::K64, 32, 2, 2, 8),
+    ];
+    for (g, bits, levels, start, root) in cases {
+        let f = Format::new(g, bits).unwrap();
+        assert_eq!(
+            (
+                f.levels(),
+                f.start_level(),
+                f.table_entries(f.start_level())
+            ),
+            (levels, start, root),
+            "{g:?}/{bits}"
+        );
+        // The root spans exactly the VA space.
+        assert_eq!(f.entry_size(start) * root as u64, 1 << bits);
+    }
+    assert_eq!(
+        Format::new(Granule::K4, 31),
+        Err(FormatError::VaBits { va_bits: 31 })
+    );
+    assert_eq!(
+        Format::new(Granule::K4, 49),
+        Err(FormatError::VaBits { va_bits: 49 })
+    );
+    let f = Format::new(Granule::K4, 48).unwrap();
+    assert_eq!(f.largest_leaf(), SZ_1G);
+    assert_eq!(Format::panthor(48).unwrap().largest_leaf(), SZ_2M);
+    assert_eq!(
+        f.with_largest_leaf(512 * SZ_1G),
+        Err(FormatError::LeafSize { size: 512 * SZ_1G })
+    );
+    assert_eq!(f.with_largest_leaf(SZ_4K).unwrap().min_block_level(), 3);
+    assert_eq!(
+        Format::new(Granule::K16, 48).unwrap().largest_leaf(),
+        32 << 20
+    );
+    assert_eq!(
+        Format::new(Granule::K64, 48).unwrap().largest_leaf(),
+        512 << 20
+    );
+    assert!(Format::new(Granule::K64, 48)
+        .unwrap()
+        .with_largest_leaf(4 << 40)
+        .is_err());
+}
+
+#[test]
+fn descriptor_round_trips() {
+    for g in Granule::ALL {
+        for bits in 32..=48 {
+            let f = Format::new(g, bits).unwrap();
+            for level in 0..=3u8 {
+                let size = f.entry_size(level);
+                let pa = PhysAddr::new(((0x1234_5678_9abc_u64 << 4) & f.oa_mask()) & !(size - 1));
+                for attrs in all_attrs() {
+                    let r = f.encode_leaf(level, pa, attrs);
+                    if level < f.start_level() || !f.is_leaf_level(level) {
+                        assert_eq!(r, Err(EncodeError::Level { level }));
+                        continue;
+                    }
+                    let pte = r.unwrap();
+                    let raw = pte.as_raw();
+                    assert_ne!(raw & (1 << 10), 0, "AF always set");
+                    assert_eq!(raw & (1 << 7) != 0, attrs.read_only, "RO is AP[2]");
+                    assert_eq!(
+                        (raw >> 53) & 3,
+                        if attrs.no_exec { 3 } else { 0 },
+                        "XN sets both bits"
+                    );
+                    assert_eq!(raw & 3, if level == 3 { 3 } else { 1 });
+                    assert_eq!(raw & f.oa_mask() & !(size - 1), pa.as_u64());
+                    assert_eq!(f.decode(level, pte), Desc::Leaf { pa, attrs, size });
+                }
+                if level < 3 && level >= f.start_level() {
+                    let t = f
+                        .encode_table(level, PhysAddr::new(f.page_size() * 3))
+                        .unwrap();
+                    assert_eq!(
+                        f.decode(level, t),
+                        Desc::Table {
+                            pa: PhysAddr::new(f.page_size() * 3)
+                        }
+                    );
+                } else {
+                    assert!(f.encode_table(level, PhysAddr::new(0)).is_err());
+                }
+            }
+            // Misaligned and out-of-range output addresses are refused.
+            assert!(matches!(
+                f.encode_leaf(3, PhysAddr::new(f.page_size() / 2), Attrs::default()),
+                Err(EncodeError::Misaligned { .. })
+            ));
+            assert!(matches!(
+                f.encode_leaf(3, PhysAddr::new(1 << 48), Attrs::default()),
+                Err(EncodeError::OutOfRange { .. })
+            ));
+        }
+    }
+}
+
+#[test]
+fn decode_is_total_and_strict() {
+    let f = Format::panthor(48).unwrap();
+    assert_eq!(
+        f.decode(3, Pte::from_raw(0xFFFF_FFFF_FFFF_FFFE)),
+        Desc::Invalid
+    );
+    // A block where the format allows none (L1 with 2 MiB largest; L0 never).
+    let b = Format::new(Granule::K4, 48)
+        .unwrap()
+        .encode_leaf(1, PhysAddr::new(SZ_1G), Attrs::default())
+        .unwrap();
+    assert_eq!(f.decode(1, b), Desc::Reserved);
+    assert_eq!(f.decode(0, Pte::from_raw(0x401)), Desc::Reserved);
+    // Type 01 at level 3.
+    assert_eq!(f.decode(3, Pte::from_raw(0x401)), Desc::Reserved);
+    // AF clear, one XN bit, SH = 01, AttrIndx 5.
+    assert_eq!(f.decode(3, Pte::from_raw(0x3)), Desc::Reserved);
+    assert_eq!(f.decode(3, Pte::from_raw(0x403 | 1 << 53)), Desc::Reserved);
+    assert_eq!(f.decode(3, Pte::from_raw(0x403 | 1 << 8)), Desc::Reserved);
+    assert_eq!(f.decode(3, Pte::from_raw(0x403 | 5 << 2)), Desc::Reserved);
+}
+
+/// `pagetables-and-vmbind.md` 2.3, map examples 1-5: panthor's count, tight with 4 KiB-only
+/// backing, tight with block-capable backing; and the unmap examples U1-U4.
+#[test]
+fn worked_examples() {
+    let f = Format::panthor(48).unwrap();
+    let pages = |len: u64| -> Vec<Chunk> {
+        (0..len / SZ_4K)
+            .map(|i| chunk(0x1_0000_0000 + 2 * i * SZ_4K, SZ_4K))
+            .collect()
+    };
+    let contiguous = |len: u64| alloc::vec![chunk(0x80_0000_0000, len)];
+    let cases = [
+        (0x1000, SZ_4K, 3, 3, 3),
+        (0x20_0000, SZ_2M, 3, 3, 2),
+        (0x3FF0_0000, SZ_2M, 5, 5, 5),
+        (0x1_0000_0000, SZ_1G, 514, 514, 2),
+        (0x7F_FFFF_F000, 2 * SZ_4K, 6, 6, 6),
+    ];
+    for (a, len, panthor, small, block) in cases {
+        assert_eq!(
+            panthor_map_bound(&f, va(a), len).unwrap(),
+            panthor,
+            "{a:#x}"
+        );
+        assert_eq!(
+            map_bound(&f, va(a), &pages(len)).unwrap().total(),
+            small,
+            "{a:#x}"
+        );
+        assert_eq!(
+            map_bound(&f, va(a), &contiguous(len)).unwrap().total(),
+            block,
+            "{a:#x}"
+        );
+        // Tightness: into an empty table the map uses exactly the bound.
+        for backing in [pages(len), contiguous(len)] {
+            let mut env = Env::new(f);
+            let (bound, used) = env.map(a, &backing, Attrs::default()).unwrap();
+            assert_eq!(bound, used);
+        }
+    }
+    for (a, len, n) in [
+        (0x20_1000, SZ_4K, 1),
+        (0x10_0000, 4 << 20, 2),
+        (0x1F_F000, 2 * SZ_4K, 2),
+        (0x20_0000, SZ_2M, 0),
+    ] {
+        assert_eq!(panthor_unmap_bound(&f, va(a), len).unwrap(), n);
+        assert_eq!(unmap_bound(&f, va(a), len).unwrap().total(), n);
+    }
+    // With 1 GiB blocks, an unaligned end inside a 1 GiB block needs an L2 and an L3 table.
+    let g = Format::new(Granule::K4, 48).unwrap();
+    assert_eq!(
+        unmap_bound(&g, va(SZ_1G + SZ_4K), SZ_4K).unwrap().per_level,
+        [0, 0, 1, 1]
+    );
+    assert_eq!(
+        unmap_bound(&g, va(SZ_1G + SZ_4K), SZ_1G).unwrap().per_level,
+        [0, 0, 2, 2]
+    );
+    assert_eq!(
+        unmap_bound(&g, va(SZ_1G + SZ_2M), SZ_2M).unwrap().per_level,
+        [0, 0, 1, 0]
+    );
+}
+
+#[test]
+fn largest_leaf_selection() {
+    let f = Format::new(Granule::K4, 48).unwrap();
+    let mut env = Env::new(f);
+    // VA 1 GiB - 2 MiB .. 2 GiB + 4 KiB, PA offset by the same amount from a 1 GiB boundary.
+    let at = SZ_1G - SZ_2M;
+    let len = SZ_1G + SZ_2M + SZ_4K;
+    env.map(at, &[chunk(0x40_0000_0000 - SZ_2M, len)], Attrs::default())
+        .unwrap();
+    let leaves = env.snapshot();
+    let sizes: Vec<u64> = leaves.iter().map(|l| l.size).collect();
+    assert_eq!(sizes, [SZ_2M, SZ_1G, SZ_4K]);
+    assert_eq!(
+        env.tr(SZ_1G + 0x1234),
+        Some((0x40_0000_0000 + 0x1234, SZ_1G))
+    );
+    // Two chunks, the second 2 MiB-aligned in PA but starting mid-window in VA: pages only.
+    let mut env = Env::new(f);
+    env.map(
+        0,
+        &[chunk(0x1000_0000, SZ_4K), chunk(0x2000_0000, SZ_2M)],
+        Attrs::default(),
+    )
+    .unwrap();
+    assert!(env.snapshot().iter().all(|l| l.size == SZ_4K));
+}
+
+#[test]
+fn unmap_all_leaves_only_root() {
+    for g in Granule::ALL {
+        let f = Format::new(g, 48).unwrap();
+        let mut env = Env::new(f);
+        let p = f.page_size();
+        let big = f.largest_leaf();
+        // A mixture: blocks and pages, two regions.
+        env.map(
+            big - 3 * p,
+            &[chunk(0x10_0000_0000 - 3 * p, 2 * big + 5 * p)],
+            Attrs::default(),
+        )
+        .unwrap();
+        env.map(7 * big, &[chunk(0x20_0000_0000, 9 * p)], Attrs::default())
+            .unwrap();
+        assert!(env.pt.audit(&env.pool).unwrap().table_count() > 1);
+        env.unmap(big, p).unwrap(); // splits a block
+        env.unmap(0, 8 * big).unwrap();
+        let a = env.pt.audit(&env.pool).unwrap();
+        assert_eq!(a.table_count(), 1, "{g:?}: only the root remains");
+        assert!(env.gather.walk_cache());
+        let retired = env.gather.retired_len();
+        assert!(retired > 0);
+        assert_eq!(env.pool.in_use(), 1 + retired);
+        env.flush();
+        assert_eq!(env.pool.in_use(), 1);
+    }
+}
+
+#[test]
+fn split_keeps_the_rest_and_follows_bbm() {
+    let f = Format::new(Granule::K4, 48).unwrap();
+    let mut env = Env::new(f);
+    let attrs = Attrs {
+        read_only: true,
+        no_exec: true,
+        mem: MemType::NonCached,
+        share: Shareability::Outer,
+        non_global: false,
+    };
+    env.map(SZ_1G, &[chunk(5 * SZ_1G, SZ_1G)], attrs).unwrap();
+    assert_eq!(env.snapshot().len(), 1);
+    let hole = SZ_1G + 3 * SZ_2M + 5 * SZ_4K;
+    let bound = unmap_bound(&f, va(hole), SZ_4K).unwrap().total();
+    let mut r = Reserve::new();
+    r.try_fill(&mut env.pool, bound).unwrap();
+    let mut bbm = Bbm::default();
+    env.pt
+        .unmap(
+            &mut env.pool,
+            &mut r,
+            &mut env.gather,
+            &mut bbm,
+            va(hole),
+            SZ_4K,
+        )
+        .unwrap();
+    assert!(r.is_empty(), "used == reserve for an unmap over a block");
+    // The 1 GiB block, then the 2 MiB block containing the hole.
+    assert_eq!(
+        bbm.0,
+        [SZ_1G..2 * SZ_1G, SZ_1G + 3 * SZ_2M..SZ_1G + 4 * SZ_2M]
+    );
+    for off in (0..SZ_1G).step_by(61 * 4096) {
+        let t = env.pt.translate(&env.pool, va(SZ_1G + off)).unwrap();
+        if SZ_1G + off >= hole && SZ_1G + off < hole + SZ_4K {
+            assert!(t.is_none());
+        } else {
+            let t = t.unwrap();
+            assert_eq!((t.pa.as_u64(), t.attrs), (5 * SZ_1G + off, attrs));
+        }
+    }
+    let a = env.pt.audit(&env.pool).unwrap();
+    assert_eq!(a.leaves, [0, 0, 511, 511]);
+    let fr = env.gather.flush_range().unwrap();
+    assert!(fr.start <= SZ_1G && fr.end >= 2 * SZ_1G);
+}
+
+#[test]
+fn protect_changes_attributes_and_splits() {
+    let f = Format::panthor(48).unwrap();
+    let mut env = Env::new(f);
+    env.map(0, &[chunk(0x4000_0000, 4 * SZ_2M)], Attrs::default())
+        .unwrap();
+    let ro = Attrs {
+        read_only: true,
+        ..Attrs::default()
+    };
+    let bound = unmap_bound(&f, va(SZ_2M + SZ_4K), 2 * SZ_2M)
+        .unwrap()
+        .total();
+    let mut r = Reserve::new();
+    r.try_fill(&mut env.pool, bound).unwrap();
+    env.pt
+        .protect(
+            &mut env.pool,
+            &mut r,
+            &mut env.gather,
+            &mut RegionLocked,
+            va(SZ_2M + SZ_4K),
+            2 * SZ_2M,
+            ro,
+        )
+        .unwrap();
+    assert!(r.is_empty());
+    for (at, want) in [
+        (SZ_2M, false),
+        (SZ_2M + SZ_4K, true),
+        (2 * SZ_2M, true),
+        (3 * SZ_2M, true),
+        (3 * SZ_2M + SZ_4K, false),
+    ] {
+        let t = env.pt.translate(&env.pool, va(at)).unwrap().unwrap();
+        assert_eq!(
+            (t.attrs.read_only, t.pa.as_u64()),
+            (want, 0x4000_0000 + at),
+            "{at:#x}"
+        );
+    }
+    env.pt.audit(&env.pool).unwrap();
+}
+
+#[test]
+fn rejected_requests_change_nothing() {
+    let f = Format::panthor(40).unwrap();
+    let mut env = Env::new(f);
+    env.map(SZ_2M, &[chunk(0x4000_0000, SZ_2M)], Attrs::default())
+        .unwrap();
+    env.map(
+        4 * SZ_2M + SZ_4K,
+        &[chunk(0x5000_0000, SZ_4K)],
+        Attrs::default(),
+    )
+    .unwrap();
+    let before = env.snapshot();
+    let audit = env.pt.audit(&env.pool).unwrap();
+    let in_use = env.pool.in_use();
+    let mut r = Reserve::new();
+    r.try_fill(&mut env.pool, 3).unwrap();
+    let mut g = Gather::new();
+    let pt = &mut env.pt;
+    let pool = &mut env.pool;
+    let a = Attrs::default();
+    let c = [chunk(0x6000_0000, SZ_2M)];
+    assert_eq!(
+        pt.map(pool, &mut r, &mut g, va(SZ_4K / 2), &c, a),
+        Err(MapError::Misaligned { va: va(SZ_4K / 2) })
+    );
+    assert_eq!(
+        pt.map(pool, &mut r, &mut g, va(0), &[], a),
+        Err(MapError::ZeroLength)
+    );
+    assert_eq!(
+        pt.map(pool, &mut r, &mut g, va(0), &[chunk(0x1000, 0x800)], a),
+        Err(MapError::BadChunk { index: 0 })
+    );
+    assert_eq!(
+        pt.map(pool, &mut r, &mut g, va(0), &[chunk(1 << 48, SZ_4K)], a),
+        Err(MapError::BadChunk { index: 0 })
+    );
+    assert_eq!(
+        pt.map(pool, &mut r, &mut g, va((1 << 40) - SZ_4K), &c, a),
+        Err(MapError::OutOfRange)
+    );
+    assert_eq!(
+        pt.map(pool, &mut r, &mut g, va(u64::MAX - 0xFFF), &c, a),
+        Err(MapError::OutOfRange)
+    );
+    // Overlaps a block at its last page, and a page table entry.
+    assert_eq!(
+        pt.map(
+            pool,
+            &mut r,
+            &mut g,
+            va(0),
+            &[chunk(0x6000_0000, SZ_2M + SZ_4K)],
+            a
+        ),
+        Err(MapError::AlreadyMapped { va: va(SZ_2M) })
+    );
+    assert_eq!(
+        pt.map(
+            pool,
+            &mut r,
+            &mut g,
+            va(4 * SZ_2M),
+            &[chunk(0x6000_0000, 4 * SZ_4K)],
+            a
+        ),
+        Err(MapError::AlreadyMapped {
+            va: va(4 * SZ_2M + SZ_4K)
+        })
+    );
+    // Reserve too small: a map needing 2 new tables (L2 + L3 in a fresh 1 GiB window).
+    let mut small = Reserve::new();
+    small.try_fill(pool, 1).unwrap();
+    assert_eq!(
+        pt.map(
+            pool,
+            &mut small,
+            &mut g,
+            va(3 * SZ_1G),
+            &[chunk(0x6000_0000, SZ_4K)],
+            a
+        ),
+        Err(MapError::ReservationExhausted {
+            needed: 2,
+            available: 1
+        })
+    );
+    let mut empty = Reserve::new();
+    assert_eq!(
+        pt.unmap(
+            pool,
+            &mut empty,
+            &mut g,
+            &mut RegionLocked,
+            va(SZ_2M + SZ_4K),
+            SZ_4K
+        ),
+        Err(UnmapError::ReservationExhausted {
+            needed: 1,
+            available: 0
+        })
+    );
+    assert_eq!(
+        pt.unmap(pool, &mut r, &mut g, &mut RegionLocked, va(0), 0),
+        Err(UnmapError::ZeroLength)
+    );
+    assert_eq!(
+        pt.unmap(pool, &mut r, &mut g, &mut RegionLocked, va(0x800), SZ_4K),
+        Err(UnmapError::Misaligned {
+            va: va(0x800),
+            len: SZ_4K
+        })
+    );
+    assert_eq!(
+        pt.unmap(
+            pool,
+            &mut r,
+            &mut g,
+            &mut RegionLocked,
+            va(0),
+            (1 << 40) + SZ_4K
+        ),
+        Err(UnmapError::OutOfRange)
+    );
+    assert_eq!(
+        pt.protect(
+            pool,
+            &mut empty,
+            &mut g,
+            &mut RegionLocked,
+            va(SZ_2M),
+            SZ_4K,
+            a
+        ),
+        Err(ProtectError::ReservationExhausted {
+            needed: 1,
+            available: 0
+        })
+    );
+    assert_eq!(
+        pt.translate(pool, va(1 << 40)),
+        Err(TranslateError::OutOfRange)
+    );
+    // A reserve whose frames belong to another memory.
+    let mut other = VecPool::new(Granule::K4, PhysAddr::new(0x10_0000_0000)).unwrap();
+    let mut foreign = Reserve::new();
+    foreign.try_fill(&mut other, 2).unwrap();
+    assert!(matches!(
+        pt.map(
+            pool,
+            &mut foreign,
+            &mut g,
+            va(3 * SZ_1G),
+            &[chunk(0x6000_0000, SZ_4K)],
+            a
+        ),
+        Err(MapError::BadTable { .. })
+    ));
+    assert_eq!(foreign.len(), 2);
+    assert_eq!(r.len(), 3);
+    assert!(g.flush_range().is_none() && g.touched().is_none() && g.retired_len() == 0);
+    assert_eq!(env.snapshot(), before);
+    assert_eq!(env.pt.audit(&env.pool).unwrap(), audit);
+    assert_eq!(env.pool.in_use(), in_use + 3 + 1);
+    let _ = g.invalidated();
+}
+
+#[test]
+fn lock_regions() {
+    let cases = [
+        (0x1000, 0x1000, 0, 15),
+        (0x3FF0_0000, SZ_2M, 0, 31),
+        (0x7F_FFFF_F000, 0x2000, 0, 40),
+        (SZ_2M, SZ_2M, SZ_2M, 21),
+        (0x8000, 0x8000, 0x8000, 15),
+    ];
+    for (start, len, base, log2) in cases {
+        let r = LockRegion::covering(start..start + len).unwrap();
+        assert_eq!((r.base(), r.size_log2()), (base, log2), "{start:#x}");
+        assert!(r.covers(start..start + len));
+        assert_eq!(r.encode(), base | u64::from(log2 - 1));
+    }
+    assert_eq!(LockRegion::covering(0..0), Err(LockError::Empty));
+    let r = LockRegion::covering(0x7F_FFFF_F000..0x80_0000_1000).unwrap();
+    assert_eq!(r.size(), 1 << 40);
+    assert!(r.over_lock() > 1e8);
+    let full = LockRegion::covering(0..u64::MAX).unwrap();
+    assert_eq!(full.size_log2(), 64);
+}
+
+#[test]
+fn job_union_is_at_most_the_sum() {
+    let f = Format::panthor(48).unwrap();
+    let c1 = [chunk(0x1000_0000, 16 * SZ_4K)];
+    let c2 = [chunk(0x2000_0000, 16 * SZ_4K)];
+    let ops = [
+        JobOp::Map {
+            va: va(0x10_0000),
+            backing: &c1,
+        },
+        JobOp::Map {
+            va: va(0x11_0000),
+            backing: &c2,
+        },
+        JobOp::Unmap {
+            va: va(0x10_1000),
+            len: SZ_4K,
+        },
+    ];
+    let union = job_bound_alloc(&f, &ops).unwrap();
+    let sum = sum_bound(&f, &ops).unwrap();
+    assert_eq!(sum.total(), 3 + 3 + 1);
+    assert_eq!(union.total(), 3 + 1);
+    let mut tiny = [WindowRun::default(); 1];
+    assert_eq!(job_bound(&f, &ops, &mut tiny), Err(BoundError::ScratchFull));
+}
+
+#[test]
+fn retired_frames_wait_for_the_flush() {
+    let f = Format::panthor(48).unwrap();
+    let mut env = Env::new(f);
+    env.map(0, &[chunk(0x1000_0000, 8 * SZ_4K)], Attrs::default())
+        .unwrap();
+    let tables: Vec<PhysAddr> = {
+        let mut v = Vec::new();
+        let mut t = env.pt.root();
+        for level in 0..3 {
+            let (e, _) = env.pool.frame(t).unwrap();
+            match f.decode(level, Pte::from_raw(e[0])) {
+                Desc::Table { pa } => {
+                    v.push(pa);
+                    t = pa;
+                }
+                d => panic!("{d:?}"),
+            }
+        }
+        v
+    };
+    env.unmap(0, 8 * SZ_4K).unwrap();
+    for t in &tables {
+        assert!(env.gather.is_retired(&env.pool, *t));
+    }
+    // New frames for a new map come from elsewhere while the gather is pending.
+    let mut r = Reserve::new();
+    r.try_fill(&mut env.pool, 3).unwrap();
+    let mut g2 = Gather::new();
+    env.pt
+        .map(
+            &mut env.pool,
+            &mut r,
+            &mut g2,
+            va(SZ_1G * 600),
+            &[chunk(0x1000_0000, SZ_4K)],
+            Attrs::default(),
+        )
+        .unwrap();
+    let snap = env.pt.audit(&env.pool).unwrap();
+    assert_eq!(snap.table_count(), 4);
+    for l in 0..3 {
+        let (e, _) = env.pool.frame(env.pt.root()).unwrap();
+        let _ = (l, e);
+    }
+    let in_use = env.pool.in_use();
+    env.flush();
+    assert_eq!(env.pool.in_use(), in_use - 3);
+    let _ = g2.invalidated();
+}
+
+#[test]
+fn destroy_retires_everything() {
+    let f = Format::new(Granule::K16, 48).unwrap();
+    let mut env = Env::new(f);
+    env.map(0x4000, &[chunk(0x100_0000, 0x10_0000)], Attrs::default())
+        .unwrap();
+    let tables = env.pt.audit(&env.pool).unwrap().table_count();
+    let pt = core::mem::replace(&mut env.pt, PageTable::try_new(f, &mut env.pool).unwrap());
+    let mut g = Gather::new();
+    pt.destroy(&mut env.pool, &mut g).unwrap();
+    assert_eq!(g.retired_len(), tables);
+    assert_eq!(g.flush_range(), Some(0..1 << 48));
+    g.invalidated().release(&mut env.pool).unwrap();
+}
+
+#[test]
+fn slice_pool_core_only() {
+    let mut entries = [0u64; 4 * 512];
+    let mut metas = [FrameMeta::default(); 4];
+    let mut pool = SlicePool::new(
+        Granule::K4,
+        PhysAddr::new(0x10_0000),
+        &mut entries,
+        &mut metas,
+    )
+    .unwrap();
+    let f = Format::panthor(39).unwrap();
+    let mut pt = PageTable::try_new(f, &mut pool).unwrap();
+    let mut r = Reserve::new();
+    r.try_fill(&mut pool, 2).unwrap();
+    assert_eq!(r.try_fill(&mut pool, 2), Err(AllocError::OutOfFrames));
+    assert_eq!(r.len(), 2, "a failed fill gives back what it took");
+    let mut g = Gather::new();
+    pt.map(
+        &mut pool,
+        &mut r,
+        &mut g,
+        va(0x1000),
+        &[chunk(0x200_0000, 0x1000)],
+        Attrs::default(),
+    )
+    .unwrap();
+    assert_eq!(pool.in_use(), 3);
+    assert!(matches!(
+        pool.free_frame(PhysAddr::new(0x999_0000)),
+        Err(FreeError::Foreign { .. })
+    ));
+    r.release(&mut pool).unwrap();
+    assert!(matches!(
+        pool.free_frame(PhysAddr::new(0x10_0000 + 3 * 0x1000)),
+        Err(FreeError::DoubleFree { .. })
+    ));
+    let _ = g.invalidated();
+    assert!(SlicePool::new(Granule::K4, PhysAddr::new(0x10), &mut [], &mut []).is_err());
+}
