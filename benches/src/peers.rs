@@ -99,6 +99,20 @@ impl GpuvaTracker<Dir> {
             retired: RetiredList::new(),
         }
     }
+
+    /// The maintenance step a driver runs outside the fence-signalling path (for example after a
+    /// batch of binds): if [`GpuVm::rebucket_advice`] says so, fit a new directory to the mappings.
+    ///
+    /// # Panics
+    ///
+    /// If the directory cannot be allocated.
+    pub fn maintain(&mut self) {
+        if let Some(n) = self.vm.rebucket_advice() {
+            let dir = gpuva::alloc_buckets(n).expect("directory allocation");
+            let old = self.vm.rebucket(dir).map_err(|(_, e)| e).expect("fresh directory");
+            drop(old);
+        }
+    }
 }
 
 impl<B: core::ops::DerefMut<Target = [Option<Node>]>> GpuvaTracker<B> {

@@ -13,6 +13,12 @@
 //!                                        it may extend over later (empty) buckets
 //! ```
 //!
+//! The buckets split an address window `[base, base + span)` evenly; addresses outside it go to the
+//! first or last bucket, which keeps the order (so correctness never depends on the window) and
+//! only costs speed. A new VM's window is the whole VA space; [`GpuVm::rebucket`] fits it to the
+//! mappings that exist, because real VA spaces are huge and sparsely used (a 2^48 space split into
+//! 2^19 buckets gives 512 MiB buckets, and a million mappings in 4 GiB would share eight of them).
+//!
 //! Directory memory is the caller's (like node memory): a `Box<[Option<P>]>`, a kernel
 //! allocation, a static slice, or the one-bucket [`OneBucket`] that needs none. Changing it
 //! ([`GpuVm::rebucket`](crate::GpuVm::rebucket)) moves nodes only, so it can run under the VM lock
@@ -72,7 +78,7 @@ impl<P> fmt::Debug for OneBucket<P> {
 /// # Invariants
 ///
 /// * every node in `dir[b]` has `bucket(addr) == b`;
-/// * `counts[g]` is the number of non-empty buckets in group `g`;
+/// * `counts[g]` is the number of non-empty buckets in group `g`, `occupied` their sum;
 /// * `dir` is not empty.
 pub(crate) struct Forest<D, P, B> {
     dir: B,
@@ -80,6 +86,8 @@ pub(crate) struct Forest<D, P, B> {
     shift: u32,
     group_shift: u32,
     counts: [u32; GROUPS],
+    /// Sum of `counts`.
+    occupied: usize,
     _p: core::marker::PhantomData<fn() -> (D, P)>,
 }
 
@@ -105,6 +113,7 @@ impl<D, P: NodePtr<D>, B: DerefMut<Target = [Option<P>]>> Forest<D, P, B> {
             shift,
             group_shift: per_group.trailing_zeros(),
             counts: [0; GROUPS],
+            occupied: 0,
             _p: core::marker::PhantomData,
         })
     }
@@ -139,8 +148,10 @@ impl<D, P: NodePtr<D>, B: DerefMut<Target = [Option<P>]>> Forest<D, P, B> {
         let g = self.group(b);
         if was_empty && !is_empty {
             self.counts[g] += 1;
+            self.occupied += 1;
         } else if !was_empty && is_empty {
             self.counts[g] -= 1;
+            self.occupied -= 1;
         }
     }
 
@@ -263,6 +274,25 @@ impl<D, P: NodePtr<D>, B: DerefMut<Target = [Option<P>]>> Forest<D, P, B> {
         n
     }
 
+    /// The node with the largest start.
+    pub(crate) fn last(&self) -> Option<&GpuVa<D, P>> {
+        let n = self.dir.len();
+        let b = if self.dir[n - 1].is_some() {
+            n - 1
+        } else {
+            self.prev_nonempty(n - 1)?
+        };
+        tree::max(&self.dir[b])
+    }
+
+    /// Number of non-empty buckets.
+    pub(crate) fn occupied(&self) -> usize {
+        self.counts
+            .iter()
+            .map(|&c| usize::try_from(c).unwrap_or(usize::MAX))
+            .sum()
+    }
+
     /// Depth of the deepest bucket treap.
     pub(crate) fn depth(&self) -> usize {
         self.dir.iter().map(tree::depth).max().unwrap_or(0)
@@ -305,7 +335,7 @@ mod tests {
     use alloc::vec::Vec;
 
     use crate::{
-        alloc_directory, BoxNode, GpuVm, Mapping, NewError, NodeReserve, ObjId, Op, RetiredList,
+        alloc_buckets, BoxNode, GpuVm, Mapping, NewError, NodeReserve, ObjId, Op, RetiredList,
     };
 
     /// Deterministic request generator: a mix of small and very large maps and unmaps, so that
@@ -397,7 +427,7 @@ mod tests {
 
         // Growing the directory keeps every mapping and hands the old directory back empty.
         let before: Vec<Mapping> = bucketed.iter().map(|v| v.mapping()).collect();
-        let old = bucketed.rebucket(alloc_directory(4096).unwrap()).unwrap();
+        let old = bucketed.rebucket(alloc_buckets(2048).unwrap()).unwrap();
         assert_eq!(old.len(), 64);
         assert!(old.iter().all(Option::is_none));
         assert_eq!(bucketed.buckets(), 2048);
@@ -442,7 +472,7 @@ mod tests {
             &mut retired,
         )
         .unwrap();
-        let mut full = alloc_directory::<BoxNode<()>>(8).unwrap();
+        let mut full = alloc_buckets::<BoxNode<()>>(4).unwrap();
         full[0] = Some(BoxNode::try_new(()).unwrap());
         let (back, e) = vm.rebucket(full).unwrap_err();
         assert_eq!(e, NewError::Directory);
@@ -452,5 +482,77 @@ mod tests {
         );
         assert_eq!(vm.len(), 1);
         assert_eq!(vm.iter().count(), 1);
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod fit_tests {
+    #![allow(
+        clippy::disallowed_methods,
+        reason = "unit tests may allocate infallibly"
+    )]
+    extern crate alloc;
+
+    use alloc::vec::Vec;
+
+    use crate::{alloc_buckets, BoxNode, GpuVm, Mapping, NodeReserve, ObjId, RetiredList};
+
+    #[test]
+    fn rebucket_fits_the_directory_to_the_used_window() {
+        // 4096 page mappings in 16 MiB of a 2^48 space: evenly split buckets are 1 TiB wide and
+        // every mapping lands in one bucket.
+        let mut vm = GpuVm::<(), BoxNode<()>, _>::with_capacity(0..1 << 48, 0..0, 4096).unwrap();
+        let mut retired = RetiredList::new();
+        let base = 0x7f00_0000_0000u64;
+        for i in 0..4096u64 {
+            let m = Mapping::new(base + i * 0x1000, 0x1000, ObjId::new(1), i * 0x1000);
+            vm.map(m, &mut NodeReserve::try_alloc(3).unwrap(), &mut retired)
+                .unwrap();
+        }
+        let crowded_depth = vm.depth();
+        let advice = vm.rebucket_advice().expect("crowded directory gets advice");
+        assert_eq!(advice, 2048);
+        let before: Vec<Mapping> = vm.iter().map(|v| v.mapping()).collect();
+        vm.rebucket(alloc_buckets(advice).unwrap()).unwrap();
+        let after: Vec<Mapping> = vm.iter().map(|v| v.mapping()).collect();
+        assert_eq!(before, after);
+        assert!(
+            vm.depth() <= 4,
+            "fitted depth {} (crowded {crowded_depth})",
+            vm.depth()
+        );
+        assert!(crowded_depth > vm.depth());
+        assert_eq!(
+            vm.rebucket_advice(),
+            None,
+            "a fitted directory needs no advice"
+        );
+
+        // Mappings outside the fitted window still work (they go to the edge buckets).
+        let far = Mapping::new(0x1000, 0x1000, ObjId::new(2), 0);
+        vm.map(far, &mut NodeReserve::try_alloc(3).unwrap(), &mut retired)
+            .unwrap();
+        let far_hi = Mapping::new((1 << 48) - 0x2000, 0x1000, ObjId::new(2), 0);
+        vm.map(
+            far_hi,
+            &mut NodeReserve::try_alloc(3).unwrap(),
+            &mut retired,
+        )
+        .unwrap();
+        assert_eq!(vm.lookup(0x1800).map(|v| v.mapping()), Some(far));
+        assert_eq!(
+            vm.lookup((1 << 48) - 0x1800).map(|v| v.mapping()),
+            Some(far_hi)
+        );
+        assert_eq!(vm.find_first(0..1 << 48).map(|v| v.mapping()), Some(far));
+        assert_eq!(vm.iter().count(), 4098);
+        vm.unmap(
+            0,
+            1 << 48,
+            &mut NodeReserve::<BoxNode<()>>::try_alloc(2).unwrap(),
+            &mut retired,
+        )
+        .unwrap();
+        assert!(vm.is_empty());
     }
 }

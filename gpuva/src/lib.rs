@@ -124,5 +124,5 @@ pub use sm::{
 };
 pub use va::{GpuVa, Mapping, ObjId, VaFlags};
 #[cfg(feature = "alloc")]
-pub use vm::alloc_directory;
+pub use vm::alloc_buckets;
 pub use vm::GpuVm;

@@ -295,7 +295,10 @@ mod tests {
     #[test]
     fn node_is_56_bytes_on_64_bit() {
         if core::mem::size_of::<usize>() == 8 {
-            assert_eq!(core::mem::size_of::<GpuVa<(), crate::RefNode<'static, ()>>>(), 56);
+            assert_eq!(
+                core::mem::size_of::<GpuVa<(), crate::RefNode<'static, ()>>>(),
+                56
+            );
         }
     }
 }

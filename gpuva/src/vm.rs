@@ -117,21 +117,39 @@ impl<D, P: NodePtr<D>> GpuVm<D, P, alloc::boxed::Box<[Option<P>]>> {
         reserved: Range<u64>,
         mappings: usize,
     ) -> Result<Self, NewError> {
-        Self::with_buckets(space, reserved, alloc_directory(mappings)?)
+        let buckets = (mappings / 2)
+            .max(1)
+            .checked_next_power_of_two()
+            .ok_or(NewError::OutOfMemory)?;
+        Self::with_buckets(space, reserved, alloc_buckets(buckets)?)
     }
 }
 
-/// A boxed directory of about `mappings / 2` buckets (at least one).
+/// A boxed, empty bucket directory of `n` buckets (feature `alloc`), for
+/// [`GpuVm::with_buckets`] and [`GpuVm::rebucket`].
 ///
 /// # Errors
 ///
-/// [`NewError::OutOfMemory`].
+/// [`NewError::OutOfMemory`]; [`NewError::Directory`] for `n == 0`.
+///
+/// # Examples
+///
+/// ```
+/// use gpuva::{alloc_buckets, BoxNode, GpuVm};
+/// let mut vm = GpuVm::<(), BoxNode<()>, _>::with_capacity(0..1 << 40, 0..0, 1000)?;
+/// // ... later, outside the fence-signalling path:
+/// if let Some(n) = vm.rebucket_advice() {
+///     let dir = alloc_buckets(n)?; // allocate before taking the VM lock
+///     let old = vm.rebucket(dir).map_err(|(_, e)| e)?; // under the lock: moves nodes only
+///     drop(old); // free after releasing it
+/// }
+/// # Ok::<(), gpuva::NewError>(())
+/// ```
 #[cfg(feature = "alloc")]
-pub fn alloc_directory<P>(mappings: usize) -> Result<alloc::boxed::Box<[Option<P>]>, NewError> {
-    let n = (mappings / 2)
-        .max(1)
-        .checked_next_power_of_two()
-        .ok_or(NewError::OutOfMemory)?;
+pub fn alloc_buckets<P>(n: usize) -> Result<alloc::boxed::Box<[Option<P>]>, NewError> {
+    if n == 0 {
+        return Err(NewError::Directory);
+    }
     let mut v = alloc::vec::Vec::new();
     v.try_reserve_exact(n).map_err(|_| NewError::OutOfMemory)?;
     #[expect(
@@ -317,21 +335,49 @@ impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P,
         self.forest.buckets()
     }
 
-    /// Moves every mapping into a new bucket directory `dir` and hands back the old one, empty.
+    /// Moves every mapping into a new bucket directory `dir`, fitted to the address window the
+    /// mappings occupy now, and hands back the old directory, empty.
     ///
     /// Moves nodes only, never allocates: allocate `dir` before taking the VM lock and free the old
-    /// directory after releasing it. Takes O(n log n) for n mappings.
+    /// directory after releasing it. Takes O(n log n) for n mappings. [`GpuVm::rebucket_advice`]
+    /// says when it is worth it.
     ///
     /// # Errors
     ///
     /// `dir` itself with [`NewError::Directory`] if it is empty or holds nodes; nothing changed.
     pub fn rebucket(&mut self, dir: B) -> Result<B, (B, NewError)> {
-        let mut forest = Forest::new(dir, self.space.start, self.space.end - self.space.start)
-            .map_err(|dir| (dir, NewError::Directory))?;
+        let (base, span) = self.fitted_window();
+        let mut forest = Forest::new(dir, base, span).map_err(|dir| (dir, NewError::Directory))?;
         while let Some(node) = self.forest.pop_min() {
             forest.insert(node);
         }
         Ok(core::mem::replace(&mut self.forest, forest).into_dir())
+    }
+
+    /// The bucket count [`GpuVm::rebucket`] would help with now, if any.
+    ///
+    /// Advises a power of two near one bucket per two mappings when the directory is less than half
+    /// or more than four times that, or when the mappings crowd into fewer than an eighth of the
+    /// buckets (the window no longer fits the mappings). A one-bucket VM with few mappings gets no
+    /// advice. Cheap: O(1).
+    #[must_use]
+    pub fn rebucket_advice(&self) -> Option<usize> {
+        let want = (self.count / 2).max(1).checked_next_power_of_two()?;
+        let have = self.forest.buckets();
+        if self.count < 64 && have == 1 {
+            return None;
+        }
+        let badly_sized = have < want / 2 || have > want.saturating_mul(4);
+        let crowded = self.count >= 64 && self.forest.occupied() < have.min(self.count) / 8;
+        (badly_sized || crowded).then_some(want)
+    }
+
+    /// The window the mappings occupy, or the whole VA space when there are none.
+    fn fitted_window(&self) -> (u64, u64) {
+        match (self.iter().next(), self.forest.last()) {
+            (Some(first), Some(last)) => (first.addr, last.end() - first.addr),
+            _ => (self.space.start, self.space.end - self.space.start),
+        }
     }
 
     /// Runs `sm_map` for `req`, applying each step through `visitor` (the step API).
