@@ -1,0 +1,198 @@
+//! The run stage of `pagetable` (map, unmap with block splits, protect, translate) never
+//! allocates: checked with a counting global allocator local to this test binary.
+//!
+//! The allocator never panics (unwinding out of an allocator is undefined behaviour): inside a
+//! guarded region it only records the violation; the guard reports after the region ends.
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_macros,
+    clippy::cast_possible_truncation,
+    reason = "test code: infallible allocation and 64-bit-host casts are fine"
+)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use pagetable::{
+    map_bound, unmap_bound, Attrs, BreakBeforeMake, Chunk, Format, Gather, Granule, PageTable,
+    PhysAddr, Reserve, VecPool, VirtAddr,
+};
+
+struct Counting;
+
+thread_local! {
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+    static VIOLATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note() {
+    // `try_with`: during thread teardown the slots may be gone; never panic here.
+    let guarded = DEPTH.try_with(|d| d.get() > 0).unwrap_or(false);
+    if guarded {
+        let _ = VIOLATIONS.try_with(|v| v.set(v.get() + 1));
+    }
+}
+
+// SAFETY: delegates every call unchanged to `System`, which upholds the `GlobalAlloc` contract;
+// the bookkeeping touches only const-initialised thread-locals and never allocates or panics.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: same layout contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        note();
+        // SAFETY: `ptr` was allocated by `System` with `layout` (we delegate every alloc).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        // SAFETY: forwarded unchanged from our caller, who upholds `realloc`'s contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `f` with allocation tracking on; returns how many allocator calls it made.
+fn count_allocs<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    let before = VIOLATIONS.with(Cell::get);
+    DEPTH.with(|d| d.set(d.get() + 1));
+    let r = f();
+    DEPTH.with(|d| d.set(d.get() - 1));
+    (r, VIOLATIONS.with(Cell::get) - before)
+}
+
+/// A break-before-make hook that records into fixed storage.
+struct FixedLog {
+    calls: [u64; 8],
+    n: usize,
+}
+
+impl BreakBeforeMake for FixedLog {
+    fn invalidate_block(&mut self, block: core::ops::Range<u64>) {
+        if let Some(slot) = self.calls.get_mut(self.n) {
+            *slot = block.start;
+            self.n += 1;
+        }
+    }
+}
+
+const SZ_4K: u64 = 0x1000;
+const SZ_2M: u64 = 0x20_0000;
+const SZ_1G: u64 = 0x4000_0000;
+
+#[test]
+fn the_guard_catches_allocation() {
+    let (_, n) = count_allocs(|| std::hint::black_box(vec![1u8; 16]));
+    assert!(n > 0);
+}
+
+#[test]
+fn run_stage_allocates_nothing() {
+    for fmt in [
+        Format::new(Granule::K4, 48).unwrap(),
+        Format::new(Granule::K16, 48).unwrap(),
+        Format::new(Granule::K64, 48).unwrap(),
+    ] {
+        let mut pool = VecPool::new(fmt.granule(), PhysAddr::new(0x8000_0000_0000)).unwrap();
+        let mut pt = PageTable::try_new(fmt, &mut pool).unwrap();
+        let block = fmt.largest_leaf();
+        let page = fmt.page_size();
+        // Blocks plus pages on both sides, and a scattered page backing.
+        let big = [Chunk::new(
+            PhysAddr::new(4 * block - 5 * page),
+            3 * block + 5 * page,
+        )];
+        let scattered: Vec<Chunk> = (0..64)
+            .map(|i| Chunk::new(PhysAddr::new(0x100_0000 + 3 * i * page), page))
+            .collect();
+        let big_va = VirtAddr::new(block - 5 * page);
+        let small_va = VirtAddr::new(16 * block + 7 * page);
+        let hole = VirtAddr::new(2 * block + 9 * page);
+
+        // Prepare (may allocate): reserves from the requests alone.
+        let mut reserve = Reserve::new();
+        let need = map_bound(&fmt, big_va, &big).unwrap().total()
+            + map_bound(&fmt, small_va, &scattered).unwrap().total()
+            + unmap_bound(&fmt, hole, page).unwrap().total()
+            + 2 * unmap_bound(&fmt, VirtAddr::new(block + page), block)
+                .unwrap()
+                .total();
+        reserve.try_fill(&mut pool, need).unwrap();
+        let mut gather = Gather::new();
+        let mut log = FixedLog {
+            calls: [0; 8],
+            n: 0,
+        };
+
+        // Run: map, split, protect, unmap everything, translate.
+        let ((), allocs) = count_allocs(|| {
+            pt.map(
+                &mut pool,
+                &mut reserve,
+                &mut gather,
+                big_va,
+                &big,
+                Attrs::default(),
+            )
+            .unwrap();
+            pt.map(
+                &mut pool,
+                &mut reserve,
+                &mut gather,
+                small_va,
+                &scattered,
+                Attrs::default(),
+            )
+            .unwrap();
+            pt.unmap(&mut pool, &mut reserve, &mut gather, &mut log, hole, page)
+                .unwrap();
+            let ro = Attrs {
+                read_only: true,
+                ..Attrs::default()
+            };
+            pt.protect(
+                &mut pool,
+                &mut reserve,
+                &mut gather,
+                &mut log,
+                VirtAddr::new(block + page),
+                block,
+                ro,
+            )
+            .unwrap();
+            assert!(pt
+                .translate(&pool, VirtAddr::new(2 * block))
+                .unwrap()
+                .is_some());
+            let leaves = pt
+                .leaves(&pool, VirtAddr::new(0)..VirtAddr::new(32 * block))
+                .count();
+            assert!(leaves > 0);
+            pt.unmap(
+                &mut pool,
+                &mut reserve,
+                &mut gather,
+                &mut log,
+                VirtAddr::new(0),
+                32 * block,
+            )
+            .unwrap();
+            let _ = gather.lock_region();
+        });
+        assert_eq!(allocs, 0, "{:?}: the run stage allocated", fmt.granule());
+        assert!(log.n >= 2, "splits happened");
+        assert_eq!(pt.audit(&pool).unwrap().table_count(), 1);
+
+        // Cleanup (may free).
+        gather.invalidated().release(&mut pool).unwrap();
+        reserve.release(&mut pool).unwrap();
+        assert_eq!(pool.in_use(), 1);
+    }
+    let _ = (SZ_4K, SZ_2M, SZ_1G);
+}
