@@ -106,7 +106,7 @@ pub struct Format {
     min_block_level: u8,
 }
 
-/// Output address width: 48 bits (bits [47:g] of a descriptor).
+/// Output address width: 48 bits (bits `[47:g]` of a descriptor).
 pub const OA_BITS: u32 = 48;
 
 impl Format {
@@ -281,7 +281,7 @@ impl Format {
         crate::addr::usize_from((va >> self.entry_shift(level)) & mask)
     }
 
-    /// Descriptor output-address mask for this granule: bits [47:g].
+    /// Descriptor output-address mask for this granule: bits `[47:g]`.
     #[must_use]
     pub const fn oa_mask(&self) -> u64 {
         ((1u64 << OA_BITS) - 1) & !(self.granule.size() - 1)

@@ -126,3 +126,69 @@ pub use mem::{AllocError, FrameAlloc, FrameMeta, FreeError, PoolError, SlicePool
 pub use pte::{all_attrs, Attrs, Desc, EncodeError, MemType, Pte, Shareability};
 pub use reserve::{Reserve, ReserveError};
 pub use table::{Audit, DestroyError, Leaf, Leaves, PageTable, Translation};
+
+/// Tests that need nothing but `core` (run with `--no-default-features` too).
+#[cfg(test)]
+mod core_tests {
+    use crate::*;
+
+    #[test]
+    fn map_split_unmap_over_caller_storage() -> Result<(), &'static str> {
+        let mut entries = [0u64; 6 * 512];
+        let mut metas = [FrameMeta::default(); 6];
+        let mut pool = SlicePool::new(
+            Granule::K4,
+            PhysAddr::new(0x10_0000),
+            &mut entries,
+            &mut metas,
+        )
+        .map_err(|_| "pool")?;
+        let fmt = Format::panthor(39).map_err(|_| "fmt")?;
+        let mut pt = PageTable::try_new(fmt, &mut pool).map_err(|_| "root")?;
+        let (at, backing) = (
+            VirtAddr::new(0x20_0000),
+            [Chunk::new(PhysAddr::new(0x4000_0000), 0x40_0000)],
+        );
+        let mut r = Reserve::new();
+        let need = map_bound(&fmt, at, &backing).map_err(|_| "bound")?.total();
+        assert_eq!(
+            need, 1,
+            "two 2 MiB blocks under a 39-bit root need one L2 table"
+        );
+        r.try_fill(&mut pool, need).map_err(|_| "fill")?;
+        let mut g = Gather::new();
+        pt.map(&mut pool, &mut r, &mut g, at, &backing, Attrs::default())
+            .map_err(|_| "map")?;
+        let hole = VirtAddr::new(0x3F_F000);
+        r.try_fill(
+            &mut pool,
+            unmap_bound(&fmt, hole, 0x2000)
+                .map_err(|_| "bound")?
+                .total(),
+        )
+        .map_err(|_| "fill")?;
+        assert_eq!(r.len(), 2);
+        pt.unmap(&mut pool, &mut r, &mut g, &mut RegionLocked, hole, 0x2000)
+            .map_err(|_| "unmap")?;
+        assert!(r.is_empty());
+        let t = pt
+            .translate(&pool, VirtAddr::new(0x3F_E000))
+            .map_err(|_| "tr")?
+            .ok_or("gone")?;
+        assert_eq!(t.pa.as_u64(), 0x401F_E000);
+        pt.unmap(
+            &mut pool,
+            &mut r,
+            &mut g,
+            &mut RegionLocked,
+            VirtAddr::new(0),
+            1 << 39,
+        )
+        .map_err(|_| "unmap all")?;
+        assert_eq!(pt.audit(&pool).map_err(|_| "audit")?.table_count(), 1);
+        assert_eq!(pool.in_use(), 1 + g.retired_len());
+        g.invalidated().release(&mut pool).map_err(|_| "release")?;
+        assert_eq!(pool.in_use(), 1);
+        Ok(())
+    }
+}

@@ -148,6 +148,10 @@ impl FrameList {
 
     /// Pops the head; `None` if empty or the head does not resolve (then nothing changes).
     pub(crate) fn pop<M: TableMemory + ?Sized>(&mut self, mem: &mut M) -> Option<PhysAddr> {
+        // The length bounds the walk even if a broken provider aliases frames into a cycle.
+        if self.len == 0 {
+            return None;
+        }
         let pa = self.head?;
         let (_, meta) = mem.frame_mut(pa)?;
         self.head = meta.next.take();
