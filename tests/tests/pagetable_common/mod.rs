@@ -229,12 +229,38 @@ impl Harness {
         }
     }
 
+    /// The current gather's flush range covers every modelled page in `[start, start + len)`
+    /// that was mapped before the op (their translations changed), and its lock region covers
+    /// everything touched.
+    fn check_flush_covers(&self, before: Option<(u64, u64)>) {
+        if let Some((lo, hi)) = before {
+            let f = self
+                .gather
+                .flush_range()
+                .expect("a mapped page changed but nothing to flush");
+            assert!(
+                f.start <= lo && hi <= f.end,
+                "flush {f:x?} misses {lo:#x}..{hi:#x}"
+            );
+        }
+        if let Some(t) = self.gather.touched() {
+            assert!(self.gather.lock_region().expect("lock region").covers(t));
+        }
+    }
+
+    fn mapped_span(&self, start: u64, len: u64) -> Option<(u64, u64)> {
+        let lo = *self.model.range(start..start + len).next()?.0;
+        let hi = *self.model.range(start..start + len).next_back()?.0 + self.fmt.page_size();
+        Some((lo, hi))
+    }
+
     pub fn unmap(&mut self, start: u64, len: u64) -> u64 {
         let bound = unmap_bound(&self.fmt, va(start), len)
             .expect("valid request")
             .total();
         let mut r = Reserve::new();
         r.try_fill(&mut self.pool, bound).unwrap();
+        let span = self.mapped_span(start, len);
         let res: Result<(), UnmapError> = self.pt.unmap(
             &mut self.pool,
             &mut r,
@@ -244,6 +270,7 @@ impl Harness {
             len,
         );
         res.unwrap_or_else(|e| panic!("unmap {start:#x}+{len:#x}: {e}"));
+        self.check_flush_covers(span);
         let used = bound - r.len() as u64;
         r.release(&mut self.pool).unwrap();
         if self.modelled {
@@ -269,6 +296,7 @@ impl Harness {
             .total();
         let mut r = Reserve::new();
         r.try_fill(&mut self.pool, bound).unwrap();
+        let span = self.mapped_span(start, len);
         self.pt
             .protect(
                 &mut self.pool,
@@ -280,6 +308,7 @@ impl Harness {
                 attrs,
             )
             .unwrap_or_else(|e| panic!("protect {start:#x}+{len:#x}: {e}"));
+        self.check_flush_covers(span);
         let used = bound - r.len() as u64;
         r.release(&mut self.pool).unwrap();
         if self.modelled {
