@@ -1,1 +1,11 @@
 //! Shared helpers for the integration tests: reference models and a counting allocator.
+//!
+//! gpuva: [`model`] is the page-granular oracle, [`harness`] drives a `GpuVm` and the model in
+//! lockstep and checks every invariant after every request, [`fuzz_body`] decodes fuzzer bytes into
+//! harness requests (shared with the `fuzz/` crate, which includes these files by path), [`sink`]
+//! holds allocation-free op sinks.
+
+pub mod fuzz_body;
+pub mod harness;
+pub mod model;
+pub mod sink;

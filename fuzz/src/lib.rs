@@ -1,0 +1,14 @@
+//! Fuzz bodies, compiled from the `tests` crate's sources so that `cargo test` replays the
+//! committed corpus through exactly the code the fuzzer runs.
+#![warn(missing_docs)]
+
+#[path = "../../tests/src/model.rs"]
+pub mod model;
+
+#[path = "../../tests/src/harness.rs"]
+pub mod harness;
+
+#[path = "../../tests/src/fuzz_body.rs"]
+pub mod fuzz_body;
+
+pub use fuzz_body::run;

@@ -1,0 +1,468 @@
+//! A page-granular reference model of a `gpuva` VA space (`style.md` 3.9, `gpuvm-semantics.md` §9).
+//!
+//! The model stores one entry per mapped page: which mapping (`id`) the page belongs to and what it
+//! translates to (object, object offset of that page, flags). It knows nothing about trees, splits
+//! or ops; a map request simply overwrites the pages it covers, an unmap deletes them. Mapping
+//! boundaries fall out of the page map as maximal runs of consecutive pages with the same `id` and a
+//! continuous offset, which is exactly drm_gpuvm's result: the request becomes one mapping, the parts
+//! of overlapped mappings outside it survive with their translations, nothing is ever merged.
+//!
+//! Three things are built on that:
+//!
+//! * [`Model::map`] / [`Model::unmap`]: the expected next state, page by page;
+//! * [`Model::expected_map_ops`] / [`Model::expected_unmap_ops`]: the op list drm_gpuvm emits, from
+//!   the decision table of `gpuvm-semantics.md` §2.3-2.4 applied to the runs (keep is decided by
+//!   comparing the translation of one shared page, not by `Mapping::same_backing`);
+//! * [`Model::apply_op`]: applies one recorded [`Op`] to the model, checking that it describes the
+//!   current state (the mapping it removes exists exactly, pieces keep their translations, a `Map`
+//!   lands on empty pages). Applying a request's ops and comparing with [`Model::map`] proves that
+//!   "the ops describe exactly the change".
+//!
+//! Ids double as the driver payload: a map request's new mapping gets a fresh id, split pieces keep
+//! the id (payload) of the mapping they came from, as `OpRemap::remap` clones it.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use gpuva::{Mapping, ObjId, Op, RangeError, VaFlags};
+
+/// One mapped page of the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Page {
+    /// Identity (and payload) of the mapping the page belongs to.
+    pub id: u64,
+    /// Backing object, `None` for a NULL mapping.
+    pub obj: Option<ObjId>,
+    /// Object offset of this page (not of the mapping's start).
+    pub offset: u64,
+    /// Flags of the mapping.
+    pub flags: VaFlags,
+}
+
+impl Page {
+    /// What the page translates to, without the identity.
+    #[must_use]
+    pub fn translation(&self) -> (Option<ObjId>, u64, VaFlags) {
+        (self.obj, self.offset, self.flags)
+    }
+}
+
+/// The page-granular model of one VA space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Model {
+    space: Range<u64>,
+    /// Empty when there is no cut-out.
+    reserved: Range<u64>,
+    page: u64,
+    /// Page index (`addr / page`) to page.
+    pages: BTreeMap<u64, Page>,
+}
+
+impl Model {
+    /// An empty model of `space` with the cut-out `reserved` (empty for none), `page` address units
+    /// per page.
+    ///
+    /// # Panics
+    ///
+    /// If `page` is zero, or `space` or `reserved` is not page-aligned (a bug in the test).
+    #[must_use]
+    pub fn new(space: Range<u64>, reserved: Range<u64>, page: u64) -> Self {
+        assert!(page > 0, "page size must be non-zero");
+        for a in [space.start, space.end, reserved.start, reserved.end] {
+            assert_eq!(a % page, 0, "model geometry must be page-aligned");
+        }
+        Self {
+            space,
+            reserved,
+            page,
+            pages: BTreeMap::new(),
+        }
+    }
+
+    /// A model holding `mappings` (with their ids).
+    ///
+    /// # Errors
+    ///
+    /// A description of the first mapping that is unaligned, empty, outside the space, inside the
+    /// cut-out, or overlapping another.
+    pub fn from_mappings<'a>(
+        space: Range<u64>,
+        reserved: Range<u64>,
+        page: u64,
+        mappings: impl IntoIterator<Item = &'a (Mapping, u64)>,
+    ) -> Result<Self, String> {
+        let mut m = Self::new(space, reserved, page);
+        for (va, id) in mappings {
+            m.check_mapping(va)?;
+            for p in m.page_indices(va.range()) {
+                if m.pages.contains_key(&p) {
+                    return Err(format!("{va:?} overlaps another mapping at page {p:#x}"));
+                }
+            }
+            m.map(va, *id);
+        }
+        Ok(m)
+    }
+
+    /// Address units per page.
+    #[must_use]
+    pub fn page(&self) -> u64 {
+        self.page
+    }
+
+    /// The managed space.
+    #[must_use]
+    pub fn space(&self) -> Range<u64> {
+        self.space.clone()
+    }
+
+    /// The cut-out (empty for none).
+    #[must_use]
+    pub fn reserved(&self) -> Range<u64> {
+        self.reserved.clone()
+    }
+
+    /// The mapped pages, by page index.
+    #[must_use]
+    pub fn pages(&self) -> &BTreeMap<u64, Page> {
+        &self.pages
+    }
+
+    /// Whether nothing is mapped.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    /// The page containing `addr`, if mapped.
+    #[must_use]
+    pub fn translation(&self, addr: u64) -> Option<Page> {
+        self.pages.get(&(addr / self.page)).copied()
+    }
+
+    /// `drm_gpuvm_range_valid` plus the zero-size rule, written from `gpuvm-semantics.md` §3.
+    ///
+    /// # Errors
+    ///
+    /// The reason the range is refused, checked in the documented order.
+    pub fn check_range(&self, addr: u64, len: u64) -> Result<Range<u64>, RangeError> {
+        if len == 0 {
+            return Err(RangeError::ZeroSize);
+        }
+        let Some(end) = addr.checked_add(len) else {
+            return Err(RangeError::Overflow);
+        };
+        if addr < self.space.start || end > self.space.end {
+            return Err(RangeError::OutOfRange);
+        }
+        let r = &self.reserved;
+        if !r.is_empty() && addr < r.end && r.start < end {
+            return Err(RangeError::Reserved);
+        }
+        Ok(addr..end)
+    }
+
+    /// Page indices of an aligned address range.
+    fn page_indices(&self, r: Range<u64>) -> Range<u64> {
+        r.start / self.page..r.end / self.page
+    }
+
+    fn check_mapping(&self, va: &Mapping) -> Result<(), String> {
+        if va.len == 0 || !va.addr.is_multiple_of(self.page) || !va.len.is_multiple_of(self.page) {
+            return Err(format!("{va:?} is empty or not page-aligned"));
+        }
+        let end = va
+            .addr
+            .checked_add(va.len)
+            .ok_or_else(|| format!("{va:?} overflows"))?;
+        if va.addr < self.space.start || end > self.space.end {
+            return Err(format!("{va:?} is outside the space {:#x?}", self.space));
+        }
+        if va.addr < self.reserved.end && self.reserved.start < end {
+            return Err(format!("{va:?} overlaps the cut-out {:#x?}", self.reserved));
+        }
+        Ok(())
+    }
+
+    /// Maps `m` page by page, overwriting whatever was there, as mapping `id`.
+    ///
+    /// # Panics
+    ///
+    /// If `m` is not page-aligned (a bug in the test).
+    pub fn map(&mut self, m: &Mapping, id: u64) {
+        assert!(
+            m.addr.is_multiple_of(self.page) && m.len.is_multiple_of(self.page),
+            "unaligned {m:?}"
+        );
+        for p in self.page_indices(m.range()) {
+            let offset = m.offset.wrapping_add(p * self.page - m.addr);
+            self.pages.insert(
+                p,
+                Page {
+                    id,
+                    obj: m.obj,
+                    offset,
+                    flags: m.flags,
+                },
+            );
+        }
+    }
+
+    /// Unmaps every page of `r`.
+    pub fn unmap(&mut self, r: Range<u64>) {
+        let idx = self.page_indices(r);
+        let mut tail = self.pages.split_off(&idx.start);
+        let mut after = tail.split_off(&idx.end);
+        self.pages.append(&mut after);
+    }
+
+    /// The mappings, in address order, with their ids: maximal runs of consecutive pages with the
+    /// same id, object, flags and a continuous offset.
+    #[must_use]
+    pub fn mappings(&self) -> Vec<(Mapping, u64)> {
+        let mut out: Vec<(Mapping, u64)> = Vec::new();
+        let mut last: Option<(u64, Page)> = None;
+        for (&p, page) in &self.pages {
+            let extends = last.is_some_and(|(lp, l)| {
+                lp + 1 == p
+                    && l.id == page.id
+                    && l.obj == page.obj
+                    && l.flags == page.flags
+                    && l.offset.wrapping_add(self.page) == page.offset
+            });
+            match out.last_mut() {
+                Some((m, _)) if extends => m.len += self.page,
+                _ => out.push((
+                    Mapping::new(p * self.page, self.page, page.obj, page.offset)
+                        .with_flags(page.flags),
+                    page.id,
+                )),
+            }
+            last = Some((p, *page));
+        }
+        out
+    }
+
+    /// The mappings overlapping `r`, in address order.
+    fn overlapping(&self, r: &Range<u64>) -> Vec<(Mapping, u64)> {
+        self.mappings()
+            .into_iter()
+            .filter(|(m, _)| m.addr < r.end && m.end() > r.start)
+            .collect()
+    }
+
+    /// drm_gpuvm's decision for one overlapped mapping `v` (§2.3 table). `req` is `None` for unmap.
+    fn expected_op(&self, v: &Mapping, r: &Range<u64>, req: Option<&Mapping>) -> Op {
+        // keep: compare what one shared page translates to under `v` and under the request.
+        let shared = v.addr.max(r.start);
+        let keep = req.is_some_and(|req| {
+            v.obj.is_some()
+                && v.obj == req.obj
+                && self.translation(shared).map(|p| p.offset)
+                    == Some(req.offset.wrapping_add(shared - req.addr))
+        });
+        let prev = (v.addr < r.start).then(|| Mapping {
+            len: r.start - v.addr,
+            ..*v
+        });
+        // The next piece starts at e0 with whatever offset page e0 has now.
+        let next = (v.end() > r.end).then(|| {
+            let at = self.translation(r.end).map_or(0, |p| p.offset);
+            Mapping {
+                addr: r.end,
+                len: v.end() - r.end,
+                offset: at,
+                ..*v
+            }
+        });
+        if prev.is_none() && next.is_none() {
+            Op::Unmap { va: *v, keep }
+        } else {
+            Op::Remap {
+                unmap: *v,
+                keep,
+                prev,
+                next,
+            }
+        }
+    }
+
+    /// The ops drm_gpuvm emits for a valid map request `req`.
+    #[must_use]
+    pub fn expected_map_ops(&self, req: &Mapping) -> Vec<Op> {
+        let r = req.range();
+        let mut ops: Vec<Op> = self
+            .overlapping(&r)
+            .iter()
+            .map(|(v, _)| self.expected_op(v, &r, Some(req)))
+            .collect();
+        ops.push(Op::Map(*req));
+        ops
+    }
+
+    /// The ops drm_gpuvm emits for a valid unmap of `r`.
+    #[must_use]
+    pub fn expected_unmap_ops(&self, r: Range<u64>) -> Vec<Op> {
+        self.overlapping(&r)
+            .iter()
+            .map(|(v, _)| self.expected_op(v, &r, None))
+            .collect()
+    }
+
+    /// Removes the mapping `va`, which must exist exactly; returns its id.
+    fn remove_exact(&mut self, va: &Mapping) -> Result<u64, String> {
+        let found = self.mappings().into_iter().find(|(m, _)| m.addr == va.addr);
+        match found {
+            Some((m, id)) if m == *va => {
+                self.unmap(va.range());
+                Ok(id)
+            }
+            other => Err(format!(
+                "op removes {va:?}, but the model has {other:?} there"
+            )),
+        }
+    }
+
+    /// Applies one recorded op, checking that it describes the current state. A `Map` creates
+    /// mapping `map_id`; remap pieces keep the id of the mapping they come from.
+    ///
+    /// # Errors
+    ///
+    /// A description of the mismatch; the model may then be partly changed.
+    pub fn apply_op(&mut self, op: &Op, map_id: u64) -> Result<(), String> {
+        match op {
+            Op::Map(m) => {
+                self.check_mapping(m)?;
+                if let Some(p) = self
+                    .pages
+                    .range(self.page_indices(m.range()))
+                    .next()
+                    .map(|(p, _)| *p)
+                {
+                    return Err(format!("Map({m:?}) lands on mapped page {p:#x}"));
+                }
+                self.map(m, map_id);
+            }
+            Op::Unmap { va, .. } => {
+                self.remove_exact(va)?;
+            }
+            Op::Remap {
+                unmap, prev, next, ..
+            } => {
+                if prev.is_none() && next.is_none() {
+                    return Err(format!("Remap of {unmap:?} without pieces"));
+                }
+                let before = self.clone();
+                let id = self.remove_exact(unmap)?;
+                let mut hole = unmap.range();
+                for (piece, is_prev) in [(prev, true), (next, false)] {
+                    let Some(piece) = piece else { continue };
+                    self.check_mapping(piece)?;
+                    let edge_ok = if is_prev {
+                        piece.addr == unmap.addr
+                    } else {
+                        piece.end() == unmap.end()
+                    };
+                    if !edge_ok
+                        || piece.len >= unmap.len
+                        || piece.obj != unmap.obj
+                        || piece.flags != unmap.flags
+                    {
+                        return Err(format!("bad piece {piece:?} of {unmap:?}"));
+                    }
+                    // The piece must translate exactly as the old mapping did.
+                    for p in self.page_indices(piece.range()) {
+                        let want = before.pages.get(&p).map(Page::translation);
+                        let got = piece.offset.wrapping_add(p * self.page - piece.addr);
+                        if want != Some((piece.obj, got, piece.flags)) {
+                            return Err(format!(
+                                "piece {piece:?} of {unmap:?} changes page {p:#x}"
+                            ));
+                        }
+                    }
+                    self.map(piece, id);
+                    if is_prev {
+                        hole.start = piece.end();
+                    } else {
+                        hole.end = piece.addr;
+                    }
+                }
+                if hole.is_empty() {
+                    return Err(format!("Remap of {unmap:?} leaves no hole"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `ops` in order with [`Model::apply_op`].
+    ///
+    /// # Errors
+    ///
+    /// The first mismatch, with the index of the op.
+    pub fn apply_ops(&mut self, ops: &[Op], map_id: u64) -> Result<(), String> {
+        for (i, op) in ops.iter().enumerate() {
+            self.apply_op(op, map_id)
+                .map_err(|e| format!("op {i} ({op:?}): {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Nodes an op takes from the pool when applied (new mapping and pieces).
+#[must_use]
+pub fn nodes_inserted(op: &Op) -> usize {
+    match op {
+        Op::Map(_) => 1,
+        Op::Remap { prev, next, .. } => usize::from(prev.is_some()) + usize::from(next.is_some()),
+        Op::Unmap { .. } => 0,
+    }
+}
+
+/// The mapping an op removes from the tree, if any.
+#[must_use]
+pub fn removed_by(op: &Op) -> Option<Mapping> {
+    match op {
+        Op::Map(_) => None,
+        Op::Remap { unmap, .. } => Some(*unmap),
+        Op::Unmap { va, .. } => Some(*va),
+    }
+}
+
+/// Checks the structural invariants of a mapping list (in iteration order): ascending, pairwise
+/// disjoint, non-empty, no overflow, inside `space`, outside `reserved`.
+///
+/// # Errors
+///
+/// A description of the first violation.
+pub fn check_invariants(
+    space: &Range<u64>,
+    reserved: &Range<u64>,
+    mappings: &[Mapping],
+) -> Result<(), String> {
+    let mut prev_end: Option<u64> = None;
+    for m in mappings {
+        let end = m
+            .addr
+            .checked_add(m.len)
+            .ok_or_else(|| format!("{m:?} overflows"))?;
+        if m.len == 0 {
+            return Err(format!("{m:?} is empty"));
+        }
+        if m.addr < space.start || end > space.end {
+            return Err(format!("{m:?} is outside the space {space:#x?}"));
+        }
+        if !reserved.is_empty() && m.addr < reserved.end && reserved.start < end {
+            return Err(format!("{m:?} overlaps the cut-out {reserved:#x?}"));
+        }
+        if let Some(pe) = prev_end {
+            if m.addr < pe {
+                return Err(format!(
+                    "{m:?} overlaps or precedes the previous mapping (ends {pe:#x})"
+                ));
+            }
+        }
+        prev_end = Some(end);
+    }
+    Ok(())
+}
