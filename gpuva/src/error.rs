@@ -181,6 +181,8 @@ impl<E: fmt::Debug + fmt::Display> core::error::Error for OpsError<E> {}
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ApplyError<E = Infallible> {
+    /// The list was recorded on another VA space. Nothing changed.
+    Foreign,
     /// The VA space changed after the list was recorded; the list no longer describes what applying
     /// the request would do. Nothing changed.
     Stale,
@@ -193,6 +195,7 @@ pub enum ApplyError<E = Infallible> {
 impl<E: fmt::Display> fmt::Display for ApplyError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Foreign => f.write_str("op list was recorded on another VA space"),
             Self::Stale => {
                 f.write_str("op list is stale: the VA space changed since it was recorded")
             }

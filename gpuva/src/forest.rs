@@ -194,6 +194,32 @@ impl<D, P: NodePtr<D>, B: DerefMut<Target = [Option<P>]>> Forest<D, P, B> {
         tree::floor(&self.dir[b], addr).or_else(|| tree::max(&self.dir[self.prev_nonempty(b)?]))
     }
 
+    /// The node starting exactly at `addr`.
+    pub(crate) fn get(&self, addr: u64) -> Option<&GpuVa<D, P>> {
+        tree::get(&self.dir[self.bucket(addr)], addr)
+    }
+
+    /// Whether `a` and `b` fall in the same bucket.
+    pub(crate) fn same_bucket(&self, a: u64, b: u64) -> bool {
+        self.bucket(a) == self.bucket(b)
+    }
+
+    /// The first node with `lo <= start < hi`.
+    pub(crate) fn first_in(&self, lo: u64, hi: u64) -> Option<&GpuVa<D, P>> {
+        if lo >= hi {
+            return None;
+        }
+        let last = self.bucket(hi - 1);
+        let mut b = self.bucket(lo);
+        while let Some(nb) = self.next_nonempty(b, last) {
+            if let Some(n) = tree::ceil(&self.dir[nb], lo) {
+                return (n.addr < hi).then_some(n);
+            }
+            b = nb + 1;
+        }
+        None
+    }
+
     /// The node starting exactly at `addr`, mutably.
     pub(crate) fn get_mut(&mut self, addr: u64) -> Option<&mut GpuVa<D, P>> {
         let b = self.bucket(addr);
@@ -243,27 +269,6 @@ impl<D, P: NodePtr<D>, B: DerefMut<Target = [Option<P>]>> Forest<D, P, B> {
         self.dir[b] = tree::merge(lo, hi);
         self.note(b, was_empty);
         found
-    }
-
-    /// Detaches the first node with `lo <= start < hi`.
-    pub(crate) fn pop_first_in(&mut self, lo: u64, hi: u64) -> Option<P> {
-        if lo >= hi {
-            return None;
-        }
-        let last = self.bucket(hi - 1);
-        let mut b = self.bucket(lo);
-        while let Some(nb) = self.next_nonempty(b, last) {
-            let (left, rest) = tree::split(self.dir[nb].take(), lo);
-            let (mut mid, right) = tree::split(rest, hi);
-            let found = tree::pop_min(&mut mid);
-            self.dir[nb] = tree::merge(tree::merge(left, mid), right);
-            if found.is_some() {
-                self.note(nb, false);
-                return found;
-            }
-            b = nb + 1;
-        }
-        None
     }
 
     /// Detaches the node with the smallest start, from any bucket.

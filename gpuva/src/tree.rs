@@ -110,6 +110,37 @@ pub(crate) fn floor<D, P: NodePtr<D>>(t: &Link<P>, key: u64) -> Option<&GpuVa<D,
     best
 }
 
+/// The node with the smallest start `>= key`.
+pub(crate) fn ceil<D, P: NodePtr<D>>(t: &Link<P>, key: u64) -> Option<&GpuVa<D, P>> {
+    let mut cur = t.as_deref();
+    let mut best = None;
+    while let Some(n) = cur {
+        if n.addr >= key {
+            best = Some(n);
+            cur = n.left.as_deref();
+        } else {
+            cur = n.right.as_deref();
+        }
+    }
+    best
+}
+
+/// The node starting exactly at `key`.
+pub(crate) fn get<D, P: NodePtr<D>>(t: &Link<P>, key: u64) -> Option<&GpuVa<D, P>> {
+    let mut cur = t.as_deref();
+    while let Some(n) = cur {
+        if key == n.addr {
+            return Some(n);
+        }
+        cur = if key < n.addr {
+            n.left.as_deref()
+        } else {
+            n.right.as_deref()
+        };
+    }
+    None
+}
+
 /// The node starting exactly at `key`, mutably.
 pub(crate) fn get_mut<D, P: NodePtr<D>>(t: &mut Link<P>, key: u64) -> Option<&mut GpuVa<D, P>> {
     let mut cur = t.as_deref_mut();

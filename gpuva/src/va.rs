@@ -263,6 +263,15 @@ impl<D, P> GpuVa<D, P> {
         &mut self.data
     }
 
+    /// Overwrites the mapping fields only; leaves priority, links and payload alone.
+    pub(crate) fn set_mapping(&mut self, m: &Mapping) {
+        self.addr = m.addr;
+        self.len = m.len;
+        self.obj = m.obj;
+        self.offset = m.offset;
+        self.flags = m.flags;
+    }
+
     /// Overwrites the mapping fields and payload; leaves the links alone.
     pub(crate) fn set(&mut self, m: &Mapping, prio: u32, data: D) {
         self.addr = m.addr;

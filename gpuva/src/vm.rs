@@ -10,7 +10,7 @@ use crate::error::{MapError, NewError, OpsError, RangeError, UnmapError};
 use crate::forest::{Forest, OneBucket};
 use crate::node::{GpuVaRemoved, NodePool, NodePtr, RetiredList, MAX_MAP_NODES, MAX_UNMAP_NODES};
 use crate::sm::{Apply, Op, OpMap, OpRemap, OpUnmap, Pending, SmVisitor, Step, Walker};
-use crate::tree::{Link, Rng};
+use crate::tree::Rng;
 use crate::va::{GpuVa, Mapping};
 
 /// A GPU virtual address space: the mappings of `[start, end)`, minus an optional kernel-reserved
@@ -58,8 +58,13 @@ pub struct GpuVm<D, P: NodePtr<D>, B = OneBucket<P>> {
     count: usize,
     rng: Rng,
     generation: u64,
+    /// Identifies this VA space, so an op list recorded on another one is refused.
+    id: usize,
     _data: PhantomData<fn() -> D>,
 }
+
+/// Source of [`GpuVm`] identities (op lists remember the VA space they were recorded on).
+static NEXT_VM_ID: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(1);
 
 /// Default treap seed; any non-zero value works.
 const DEFAULT_SEED: u64 = 0x6a09_e667_f3bc_c908;
@@ -191,6 +196,7 @@ impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P,
             count: 0,
             rng: Rng::new(DEFAULT_SEED),
             generation: 0,
+            id: NEXT_VM_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
             _data: PhantomData,
         })
     }
@@ -230,6 +236,13 @@ impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P,
     #[must_use]
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// An identity distinct for every VA space created by this program (op lists use it to refuse
+    /// being applied to another VA space).
+    #[must_use]
+    pub fn id(&self) -> usize {
+        self.id
     }
 
     /// Checks a request range: `drm_gpuvm_range_valid`, plus the refusal of zero size.
@@ -525,6 +538,7 @@ impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P,
         self.sm_map_walk(req, |op| push_op(&mut ops, op))?;
         Ok(crate::OpList {
             request: crate::Request::Map(req),
+            vm: self.id,
             generation: self.generation,
             ops,
         })
@@ -541,6 +555,7 @@ impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P,
         self.sm_unmap_walk(addr, len, |op| push_op(&mut ops, op))?;
         Ok(crate::OpList {
             request: crate::Request::Unmap { addr, len },
+            vm: self.id,
             generation: self.generation,
             ops,
         })
@@ -550,8 +565,9 @@ impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P,
     ///
     /// # Errors
     ///
-    /// [`ApplyError::Stale`] if the VA space changed since the list was recorded (nothing changes);
-    /// otherwise the errors of [`GpuVm::sm_map`] / [`GpuVm::sm_unmap`].
+    /// [`ApplyError::Foreign`] if the list was recorded on another VA space, [`ApplyError::Stale`]
+    /// if this one changed since (nothing changes in either case); otherwise the errors of
+    /// [`GpuVm::sm_map`] / [`GpuVm::sm_unmap`].
     #[cfg(feature = "alloc")]
     pub fn apply_ops<V: SmVisitor<D, P>>(
         &mut self,
@@ -560,6 +576,9 @@ impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P,
         retired: &mut RetiredList<D, P>,
         visitor: &mut V,
     ) -> Result<(), ApplyError<V::Error>> {
+        if ops.vm != self.id {
+            return Err(ApplyError::Foreign);
+        }
         if ops.generation != self.generation {
             return Err(ApplyError::Stale);
         }
@@ -621,34 +640,30 @@ impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P,
         visitor: &mut V,
     ) -> Result<(), WalkError<V::Error>> {
         let (a0, e0) = w.bounds();
-        let mut prev_piece: Link<P> = None;
-        let mut next_piece: Link<P> = None;
-        let mut map_node: Link<P> = None;
-        let (mut inserted, mut removed) = (0usize, 0usize);
         let mut result = Ok(());
+        let mut changed = false;
 
-        // The first overlapping mapping may start below a0 and straddle it.
+        // Visit the overlapping mappings in place, in ascending order: the first may start below
+        // a0 and straddle it; the others start in [a0, e0). A visited mapping leaves [a0, e0)
+        // (removed, shrunk to its prev piece, or moved to its next piece at e0), so looking for
+        // the first mapping in [a0, e0) again finds the next one.
         let straddler = self
             .forest
             .floor(a0)
             .filter(|v| v.addr < a0 && v.end() > a0)
             .map(|v| v.addr);
-        let mut cur = match straddler {
-            Some(addr) => self.forest.remove(addr),
-            None => self.forest.pop_first_in(a0, e0),
-        };
-
-        // Each visited node is detached first; the pieces and the new mapping are inserted after
-        // the walk (they lie outside `[a0, e0)` or are the request itself, so the walk cannot meet
-        // them), and nothing in between can observe the tree.
-        while let Some(node) = cur.take() {
+        let mut key = straddler.or_else(|| self.forest.first_in(a0, e0).map(|v| v.addr));
+        while let Some(k) = key {
+            let Some(node) = self.forest.get(k) else {
+                debug_assert!(false, "visited key vanished");
+                break;
+            };
             let mut pending = Pending::None;
-            let step = w.step(&node.mapping());
-            let r = match step {
+            let r = match w.step(&node.mapping()) {
                 Step::Unmap { keep } => visitor
                     .step_unmap(OpUnmap {
                         pending: &mut pending,
-                        node: &node,
+                        node,
                         keep,
                         _inv: PhantomData,
                     })
@@ -656,7 +671,7 @@ impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P,
                 Step::Remap { keep, prev, next } => visitor
                     .step_remap(OpRemap {
                         pending: &mut pending,
-                        node: &node,
+                        node,
                         keep,
                         prev,
                         next,
@@ -664,57 +679,33 @@ impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P,
                     })
                     .map(drop),
             };
-            match pending {
-                Pending::Unmap => {
-                    retired.push(GpuVaRemoved::new(node));
-                    removed += 1;
+            let applied = match pending {
+                Pending::Unmap => match self.forest.remove(k) {
+                    Some(node) => {
+                        retired.push(GpuVaRemoved::new(node));
+                        self.count -= 1;
+                        true
+                    }
+                    None => false,
+                },
+                Pending::Remap { prev, next } => self.remap_in_place(k, prev, next, pool, retired),
+                // Not applied: only possible when the visitor failed (`Map` cannot come from these
+                // ops). The mapping was never touched.
+                Pending::None | Pending::Map(_) => false,
+            };
+            changed |= applied;
+            match (r, applied) {
+                (Err(e), _) => {
+                    result = Err(WalkError::Visitor(e));
+                    break;
                 }
-                Pending::Remap { prev, next } => {
-                    let want = usize::from(prev.is_some()) + usize::from(next.is_some());
-                    let (a, b) = (
-                        pool_take(pool, prev.is_some()),
-                        pool_take(pool, next.is_some()),
-                    );
-                    let got = usize::from(a.is_some()) + usize::from(b.is_some());
-                    if got < want {
-                        // A pool that lied about its size: keep the old node, hand the stray
-                        // nodes to cleanup.
-                        for stray in [a, b].into_iter().flatten() {
-                            retired.push(GpuVaRemoved::new(stray));
-                        }
-                        self.forest.insert(node);
-                        result = Err(WalkError::Exhausted);
-                        break;
-                    }
-                    if let (Some((m, d)), Some(mut n)) = (prev, a) {
-                        n.set(&m, self.rng.next_u32(), d);
-                        prev_piece = Some(n);
-                        inserted += 1;
-                    }
-                    if let (Some((m, d)), Some(mut n)) = (next, b) {
-                        n.set(&m, self.rng.next_u32(), d);
-                        next_piece = Some(n);
-                        inserted += 1;
-                    }
-                    retired.push(GpuVaRemoved::new(node));
-                    removed += 1;
+                (Ok(()), false) => {
+                    result = Err(WalkError::Exhausted);
+                    break;
                 }
-                // Not applied: only possible when the visitor failed. (`Map` cannot come from
-                // these ops.) The node goes back where it was.
-                Pending::None | Pending::Map(_) => {
-                    self.forest.insert(node);
-                    if r.is_ok() {
-                        result = Err(WalkError::Exhausted);
-                    }
-                }
+                (Ok(()), true) => {}
             }
-            if let Err(e) = r {
-                result = Err(WalkError::Visitor(e));
-            }
-            if result.is_err() {
-                break;
-            }
-            cur = self.forest.pop_first_in(a0, e0);
+            key = self.forest.first_in(a0, e0).map(|v| v.addr);
         }
 
         if let (Ok(()), Some(req)) = (&result, w.final_map()) {
@@ -731,8 +722,9 @@ impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P,
                 match pool.take() {
                     Some(mut n) => {
                         n.set(&req, self.rng.next_u32(), data);
-                        map_node = Some(n);
-                        inserted += 1;
+                        self.forest.insert(n);
+                        self.count += 1;
+                        changed = true;
                     }
                     None => result = Err(WalkError::Exhausted),
                 }
@@ -741,24 +733,81 @@ impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P,
                 result = Err(WalkError::Visitor(e));
             }
         }
-
-        for node in [prev_piece, map_node, next_piece].into_iter().flatten() {
-            self.forest.insert(node);
-        }
-        self.count = self.count + inserted - removed;
-        if inserted + removed > 0 {
+        if changed {
             self.generation = self.generation.wrapping_add(1);
         }
         result
     }
-}
 
-/// Takes a node from `pool` if `want`.
-fn pool_take<P>(pool: &mut impl NodePool<P>, want: bool) -> Option<P> {
-    if want {
-        pool.take()
-    } else {
-        None
+    /// Carries out a `Remap` of the mapping starting at `k` without taking it out of the tree where
+    /// possible: the `prev` piece keeps the old key, so the node stays in place and only shrinks;
+    /// a `next`-only piece moves the key forward within the node's bucket without reordering
+    /// anything (no other mapping starts inside the old one). A fresh node from `pool` carries the
+    /// old mapping and payload to `retired`, so the node accounting is exactly that of drm_gpuvm:
+    /// one new node per piece, the old mapping retired.
+    ///
+    /// Returns `false`, changing nothing, if `pool` cannot supply the nodes.
+    fn remap_in_place(
+        &mut self,
+        k: u64,
+        prev: Option<(Mapping, D)>,
+        next: Option<(Mapping, D)>,
+        pool: &mut impl NodePool<P>,
+        retired: &mut RetiredList<D, P>,
+    ) -> bool {
+        let want = usize::from(prev.is_some()) + usize::from(next.is_some());
+        let (a, b) = (pool.take(), if want == 2 { pool.take() } else { None });
+        if a.is_none() || (want == 2 && b.is_none()) || want == 0 {
+            // A pool that lied about its size: hand whatever it gave to cleanup, change nothing.
+            for stray in [a, b].into_iter().flatten() {
+                retired.push(GpuVaRemoved::new(stray));
+            }
+            debug_assert!(want > 0, "a remap without pieces");
+            return false;
+        }
+        let Some(mut carrier) = a else { return false };
+        let next_in_place = next
+            .as_ref()
+            .is_some_and(|(nm, _)| self.forest.same_bucket(k, nm.addr));
+        let Some(node) = self.forest.get_mut(k) else {
+            retired.push(GpuVaRemoved::new(carrier));
+            return false;
+        };
+        let old = node.mapping();
+        match (prev, next) {
+            (Some((pm, pd)), next) => {
+                // The node becomes its prev piece, in place.
+                let old_data = core::mem::replace(&mut node.data, pd);
+                node.set_mapping(&pm);
+                carrier.set(&old, 0, old_data);
+                retired.push(GpuVaRemoved::new(carrier));
+                if let (Some((nm, nd)), Some(mut n)) = (next, b) {
+                    n.set(&nm, self.rng.next_u32(), nd);
+                    self.forest.insert(n);
+                    self.count += 1;
+                }
+            }
+            (None, Some((nm, nd))) if next_in_place => {
+                // The node becomes its next piece, in place: its key grows from `k` to `nm.addr`,
+                // and no other mapping starts in between (it would overlap the old one).
+                let old_data = core::mem::replace(&mut node.data, nd);
+                node.set_mapping(&nm);
+                carrier.set(&old, 0, old_data);
+                retired.push(GpuVaRemoved::new(carrier));
+            }
+            (None, Some((nm, nd))) => {
+                if let Some(old_node) = self.forest.remove(k) {
+                    retired.push(GpuVaRemoved::new(old_node));
+                }
+                carrier.set(&nm, self.rng.next_u32(), nd);
+                self.forest.insert(carrier);
+            }
+            (None, None) => {
+                retired.push(GpuVaRemoved::new(carrier));
+                return false;
+            }
+        }
+        true
     }
 }
 

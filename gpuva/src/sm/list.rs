@@ -64,6 +64,8 @@ pub enum Request {
 #[derive(Clone, Debug)]
 pub struct OpList {
     pub(crate) request: Request,
+    /// The VA space it was recorded on.
+    pub(crate) vm: usize,
     pub(crate) generation: u64,
     pub(crate) ops: alloc::vec::Vec<Op>,
 }

@@ -651,3 +651,21 @@ fn exact_match_is_unmap_keep_then_map_not_empty() {
     let ops = vm.sm_map_ops(a).expect("valid");
     assert_eq!(ops.len(), 2);
 }
+
+#[test]
+fn op_list_from_another_vm_is_refused() {
+    // Regression: two VA spaces at the same generation used to accept each other's lists.
+    let a = vm_with(&[m(100, 100, X, 0)]);
+    let mut b = vm_with(&[m(500, 100, Y, 0)]);
+    assert_eq!(a.generation(), b.generation());
+    let list = a.sm_map_ops(m(100, 50, Z, 0)).expect("valid");
+    let mut retired = RetiredList::new();
+    let r = b.apply_ops(
+        &list,
+        &mut NodeReserve::try_alloc(3).expect("memory"),
+        &mut retired,
+        &mut Recorder::default(),
+    );
+    assert_eq!(r, Err(crate::ApplyError::Foreign));
+    assert_eq!(state(&b), [m(500, 100, Y, 0)]);
+}
