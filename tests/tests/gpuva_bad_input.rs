@@ -351,11 +351,10 @@ fn stale_op_lists_change_nothing() {
         .expect("still current");
 }
 
-/// An op list recorded on one VA space and applied to another at the same generation is not
-/// detected: `apply_ops` re-runs the request there and the visitor sees that space's ops, not the
-/// recorded ones, although the docs promise "the visitor sees exactly the recorded ops".
+/// An op list recorded on one VA space and applied to another at the same generation is refused
+/// and changes nothing (before 5b6df0b it was silently re-run there, so the visitor saw that
+/// space's ops instead of the recorded ones).
 #[test]
-#[ignore = "gpuva limitation (reported): OpList carries no VA-space identity, foreign lists apply"]
 fn foreign_op_list_is_refused() {
     let a = fixture();
     let mut b = Vm::new(SPACE, CUT).expect("geometry");
@@ -372,14 +371,17 @@ fn foreign_op_list_is_refused() {
     let list = a
         .sm_map_ops(Mapping::new(150, 250, None, 0))
         .expect("valid");
+    let before = Snapshot::of(&b);
     let mut rec = Recorder::new(1);
     let r = b.apply_ops(&list, &mut reserve(3), &mut retired, &mut rec);
     assert!(
-        r.is_err() || rec.ops == list.ops(),
-        "visitor saw {:?}, list holds {:?}",
-        rec.ops,
-        list.ops()
+        r.is_err(),
+        "foreign list applied; visitor saw {:?}",
+        rec.ops
     );
+    assert_eq!(rec.calls, 0);
+    assert_eq!(Snapshot::of(&b), before);
+    assert_eq!(Snapshot::of(&a).len, 5);
 }
 
 /// The result of running a request with a visitor failing on step `k`.
