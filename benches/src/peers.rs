@@ -109,7 +109,11 @@ impl GpuvaTracker<Dir> {
     pub fn maintain(&mut self) {
         if let Some(n) = self.vm.rebucket_advice() {
             let dir = gpuva::alloc_buckets(n).expect("directory allocation");
-            let old = self.vm.rebucket(dir).map_err(|(_, e)| e).expect("fresh directory");
+            let old = self
+                .vm
+                .rebucket(dir)
+                .map_err(|(_, e)| e)
+                .expect("fresh directory");
             drop(old);
         }
     }

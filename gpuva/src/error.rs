@@ -94,8 +94,9 @@ pub enum MapError<E = Infallible> {
     /// The node pool ran dry although it reported enough nodes: a broken [`NodePool`](crate::NodePool)
     /// implementation. Steps before this one stay applied; the tree is consistent.
     ReservationExhausted,
-    /// The visitor failed. Steps before this one stay applied (as in drm_gpuvm); the step that
-    /// failed was not applied; the tree is consistent.
+    /// The visitor failed. Steps before this one stay applied (as in drm_gpuvm), and so does the
+    /// failing step if the visitor applied its op before returning the error; the walk stops there
+    /// and the tree is consistent.
     Visitor(E),
 }
 
