@@ -10,7 +10,12 @@ use gpuva::{
 
 use crate::trace::{Request, Trace};
 
-type Vm = GpuVm<(), BoxNode<()>>;
+/// The VA space as a driver would set it up: heap nodes and a heap bucket directory, refitted by
+/// [`maintain`] between requests.
+type Vm = GpuVm<(), BoxNode<()>, Box<[Option<BoxNode<()>>]>>;
+
+/// How often (in requests) the replay runs the maintenance step.
+const MAINTAIN_EVERY: usize = 1024;
 
 /// Why a trace could not be replayed at all (as opposed to a request being rejected, which is
 /// printed as `err <reason>`).
@@ -71,7 +76,27 @@ impl<F: FnMut(Op)> SmVisitor<(), BoxNode<()>> for Emit<F> {
 pub fn new_vm(trace: &Trace) -> Result<Vm, ReplayError> {
     let (start, size) = trace.space;
     let (rstart, rsize) = trace.reserve.unwrap_or((start, 0));
-    Ok(Vm::with_size(start, size, rstart, rsize)?)
+    let end = start.checked_add(size).ok_or(gpuva::NewError::Overflow)?;
+    let rend = rstart.checked_add(rsize).ok_or(gpuva::NewError::Overflow)?;
+    Ok(Vm::with_buckets(
+        start..end,
+        rstart..rend,
+        gpuva::alloc_buckets(1)?,
+    )?)
+}
+
+/// The maintenance step a driver runs outside the fence-signalling path: refit the bucket
+/// directory when gpuva advises it. Changes no mapping and no op.
+///
+/// # Errors
+///
+/// [`ReplayError::Geometry`] if the directory cannot be allocated.
+pub fn maintain(vm: &mut Vm) -> Result<(), ReplayError> {
+    if let Some(n) = vm.rebucket_advice() {
+        let dir = gpuva::alloc_buckets(n)?;
+        vm.rebucket(dir).map_err(|(_, e)| e)?;
+    }
+    Ok(())
 }
 
 /// Runs one request through the step API; `sink` sees each op. `Ok(Err(reason))` for a rejected
@@ -161,6 +186,16 @@ pub fn format_op(op: &Op) -> String {
 ///
 /// [`ReplayError`] if the geometry is unusable or memory runs out.
 pub fn replay(trace: &Trace) -> Result<String, ReplayError> {
+    replay_with(trace, Some(MAINTAIN_EVERY))
+}
+
+/// [`replay`], running the maintenance step every `maintain_every` requests (or never). The output
+/// does not depend on it: that is what the tests check.
+///
+/// # Errors
+///
+/// As [`replay`].
+pub fn replay_with(trace: &Trace, maintain_every: Option<usize>) -> Result<String, ReplayError> {
     let mut vm = new_vm(trace)?;
     let mut out = String::new();
     let mut retired = RetiredList::new();
@@ -176,8 +211,11 @@ pub fn replay(trace: &Trace) -> Result<String, ReplayError> {
                 let _ = writeln!(out, "err {reason}");
             }
         }
-        // Cleanup stage: free what the request removed.
+        // Cleanup stage: free what the request removed; now and then, maintenance.
         while retired.pop().is_some() {}
+        if maintain_every.is_some_and(|k| (i + 1) % k.max(1) == 0) {
+            maintain(&mut vm)?;
+        }
     }
     out.push_str("state\n");
     for va in vm.iter() {
@@ -221,7 +259,8 @@ impl BenchRun {
 /// Times `repeat` runs of `trace`, each on a fresh VA space, and returns the median run.
 ///
 /// Each request pays what a driver pays: reserving nodes (prepare), computing and applying the ops
-/// (run), and freeing removed nodes (cleanup).
+/// (run), and freeing removed nodes (cleanup); every [`MAINTAIN_EVERY`] requests the directory
+/// maintenance step runs too.
 ///
 /// # Errors
 ///
@@ -233,10 +272,13 @@ pub fn bench(trace: &Trace, repeat: usize) -> Result<BenchRun, ReplayError> {
         let mut retired = RetiredList::new();
         let mut ops = 0usize;
         let start = Instant::now();
-        for &req in &trace.requests {
+        for (i, &req) in trace.requests.iter().enumerate() {
             // Rejected requests are part of the workload too; their outcome is not printed.
             let _ = run_request(&mut vm, req, &mut retired, |_| ops += 1)?;
             while retired.pop().is_some() {}
+            if (i + 1) % MAINTAIN_EVERY == 0 {
+                maintain(&mut vm)?;
+            }
         }
         let total = start.elapsed();
         std::hint::black_box(ops);
@@ -248,4 +290,64 @@ pub fn bench(trace: &Trace, repeat: usize) -> Result<BenchRun, ReplayError> {
     }
     runs.sort_by_key(|r| r.total);
     Ok(runs[runs.len() / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::parse;
+
+    /// A deterministic random trace: maps (with and without objects) and unmaps of 1-8 pages over
+    /// a 4096-page window in a 2^40 space, so the directory gets crowded, refitted and refitted.
+    fn random_trace(requests: usize) -> String {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut t = String::from("space 0 0x10000000000\nreserve 0x1000 0x1000\n");
+        for _ in 0..requests {
+            let page = 0x100_0000 + next() % 4096;
+            let len = 1 + next() % 8;
+            if next() % 3 == 0 {
+                let _ = writeln!(t, "unmap {:#x} {:#x}", page << 12, len << 12);
+            } else {
+                let _ = writeln!(
+                    t,
+                    "map {:#x} {:#x} {} {:#x}",
+                    page << 12,
+                    len << 12,
+                    next() % 4,
+                    (next() % 64) << 12
+                );
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn maintenance_never_changes_the_output() {
+        let trace = parse(&random_trace(6000)).expect("well-formed");
+        let plain = replay_with(&trace, None).expect("replays");
+        for every in [1, 7, 64, MAINTAIN_EVERY] {
+            assert_eq!(
+                replay_with(&trace, Some(every)).expect("replays"),
+                plain,
+                "maintenance every {every}"
+            );
+        }
+        let mut vm = new_vm(&trace).expect("geometry");
+        assert_eq!(vm.buckets(), 1);
+        let mut retired = RetiredList::new();
+        for &req in &trace.requests {
+            let _ = run_request(&mut vm, req, &mut retired, |_| {}).expect("memory");
+        }
+        maintain(&mut vm).expect("memory");
+        assert!(
+            vm.buckets() > 1,
+            "a crowded one-bucket directory gets refitted"
+        );
+    }
 }
