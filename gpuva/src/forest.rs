@@ -372,26 +372,10 @@ mod tests {
             } else {
                 g.next() % 0x3000 + 1
             };
-            let ops_of = |vm: &GpuVm<(), BoxNode<()>, _>| -> Vec<Op> {
-                let mut ops = Vec::new();
-                let r = if i.is_multiple_of(3) {
-                    vm.sm_unmap_walk(addr, len, |op| -> Result<(), ()> {
-                        ops.push(op);
-                        Ok(())
-                    })
-                } else {
-                    let m = Mapping::new(addr, len, ObjId::new(g_obj(addr)), addr / 2);
-                    vm.sm_map_walk(m, |op| -> Result<(), ()> {
-                        ops.push(op);
-                        Ok(())
-                    })
-                };
-                if r.is_err() {
-                    ops.clear();
-                }
-                ops
-            };
-            let (a, b) = (ops_of_plain(&plain, i, addr, len), ops_of(&bucketed));
+            let (a, b) = (
+                ops_of(&plain, i, addr, len),
+                ops_of(&bucketed, i, addr, len),
+            );
             assert_eq!(a, b, "request {i}");
             if i.is_multiple_of(3) {
                 let r1 = plain.unmap(
@@ -444,7 +428,13 @@ mod tests {
         addr % 3
     }
 
-    fn ops_of_plain(vm: &GpuVm<(), BoxNode<()>>, i: usize, addr: u64, len: u64) -> Vec<Op> {
+    /// The ops request `i` would emit on `vm` (empty when it is invalid).
+    fn ops_of<B: core::ops::DerefMut<Target = [Option<BoxNode<()>>]>>(
+        vm: &GpuVm<(), BoxNode<()>, B>,
+        i: usize,
+        addr: u64,
+        len: u64,
+    ) -> Vec<Op> {
         let mut ops = Vec::new();
         let r = if i.is_multiple_of(3) {
             vm.sm_unmap_walk(addr, len, |op| -> Result<(), ()> {

@@ -120,7 +120,8 @@ pub use node::{
 #[cfg(feature = "alloc")]
 pub use sm::OpList;
 pub use sm::{
-    Apply, Op, OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped, Piece, Request, SmVisitor,
+    Apply, Op, OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped, Piece, Record, Request,
+    SmVisitor,
 };
 pub use va::{GpuVa, Mapping, ObjId, VaFlags};
 #[cfg(feature = "alloc")]

@@ -3,10 +3,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use gpuva::{
-    BoxNode, GpuVm, MapError, Mapping, NodeReserve, ObjId, Op, OpMap, OpMapped, OpRemap,
-    OpRemapped, OpUnmap, OpUnmapped, RetiredList, SmVisitor, UnmapError,
-};
+use gpuva::{BoxNode, GpuVm, MapError, Mapping, NodeReserve, ObjId, Op, RetiredList, UnmapError};
 
 use crate::trace::{Request, Trace};
 
@@ -27,45 +24,6 @@ pub enum ReplayError {
     /// Node memory could not be reserved.
     #[error("reserving nodes: {0}")]
     Reserve(#[from] gpuva::ReserveError<gpuva::AllocError>),
-}
-
-/// Feeds every op to `sink` as it is applied.
-struct Emit<F>(F);
-
-impl<F: FnMut(Op)> SmVisitor<(), BoxNode<()>> for Emit<F> {
-    type Error = std::convert::Infallible;
-
-    fn step_map<'op>(
-        &mut self,
-        op: OpMap<'op, (), BoxNode<()>>,
-    ) -> Result<OpMapped<'op>, Self::Error> {
-        (self.0)(Op::Map(*op.mapping()));
-        Ok(op.insert(()))
-    }
-
-    fn step_remap<'op>(
-        &mut self,
-        op: OpRemap<'op, (), BoxNode<()>>,
-    ) -> Result<OpRemapped<'op>, Self::Error> {
-        (self.0)(Op::Remap {
-            unmap: op.va().mapping(),
-            keep: op.keep(),
-            prev: op.prev().copied(),
-            next: op.next().copied(),
-        });
-        Ok(op.remap())
-    }
-
-    fn step_unmap<'op>(
-        &mut self,
-        op: OpUnmap<'op, (), BoxNode<()>>,
-    ) -> Result<OpUnmapped<'op>, Self::Error> {
-        (self.0)(Op::Unmap {
-            va: op.va().mapping(),
-            keep: op.keep(),
-        });
-        Ok(op.remove())
-    }
 }
 
 /// A fresh VA space for `trace`.
@@ -107,7 +65,7 @@ fn run_request(
     retired: &mut RetiredList<(), BoxNode<()>>,
     sink: impl FnMut(Op),
 ) -> Result<Result<(), &'static str>, ReplayError> {
-    let mut visitor = Emit(sink);
+    let mut visitor = gpuva::Record::new(sink);
     let rejected = match req {
         Request::Map {
             addr,

@@ -126,7 +126,7 @@ pub use list::OpList;
 pub use list::{Op, Request};
 pub(crate) use ops::Pending;
 pub use ops::{OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped, Piece};
-pub use visit::{Apply, SmVisitor};
+pub use visit::{Apply, Record, SmVisitor};
 
 use crate::va::Mapping;
 

@@ -14,10 +14,7 @@ extern crate std;
 
 use alloc::vec::Vec;
 
-use crate::{
-    BoxNode, GpuVm, Mapping, NodeReserve, ObjId, Op, OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap,
-    OpUnmapped, RetiredList, SmVisitor,
-};
+use crate::{BoxNode, GpuVm, Mapping, NodeReserve, ObjId, Op, Record, RetiredList};
 
 type Vm = GpuVm<(), BoxNode<()>>;
 
@@ -61,48 +58,6 @@ fn vm_with(existing: &[Mapping]) -> Vm {
     vm
 }
 
-/// Records every op a step visitor sees, then applies it.
-#[derive(Default)]
-struct Recorder {
-    ops: Vec<Op>,
-}
-
-impl SmVisitor<(), BoxNode<()>> for Recorder {
-    type Error = core::convert::Infallible;
-
-    fn step_map<'op>(
-        &mut self,
-        op: OpMap<'op, (), BoxNode<()>>,
-    ) -> Result<OpMapped<'op>, Self::Error> {
-        self.ops.push(Op::Map(*op.mapping()));
-        Ok(op.insert(()))
-    }
-
-    fn step_remap<'op>(
-        &mut self,
-        op: OpRemap<'op, (), BoxNode<()>>,
-    ) -> Result<OpRemapped<'op>, Self::Error> {
-        self.ops.push(Op::Remap {
-            unmap: op.va().mapping(),
-            keep: op.keep(),
-            prev: op.prev().copied(),
-            next: op.next().copied(),
-        });
-        Ok(op.remap())
-    }
-
-    fn step_unmap<'op>(
-        &mut self,
-        op: OpUnmap<'op, (), BoxNode<()>>,
-    ) -> Result<OpUnmapped<'op>, Self::Error> {
-        self.ops.push(Op::Unmap {
-            va: op.va().mapping(),
-            keep: op.keep(),
-        });
-        Ok(op.remove())
-    }
-}
-
 fn state(vm: &Vm) -> Vec<Mapping> {
     vm.iter().map(|v| v.mapping()).collect()
 }
@@ -116,10 +71,15 @@ fn check_map(existing: &[Mapping], req: Mapping, ops: &[Op], after: &[Mapping]) 
 
     let mut pool = NodeReserve::try_alloc(3).expect("memory");
     let mut retired = RetiredList::new();
-    let mut rec = Recorder::default();
-    vm.sm_map(req, &mut pool, &mut retired, &mut rec)
-        .expect("map");
-    assert_eq!(rec.ops, ops, "ops seen by the step visitor");
+    let mut seen = Vec::new();
+    vm.sm_map(
+        req,
+        &mut pool,
+        &mut retired,
+        &mut Record::new(|op| seen.push(op)),
+    )
+    .expect("map");
+    assert_eq!(seen, ops, "ops seen by the step visitor");
     assert_eq!(state(&vm), after, "resulting tree");
     check_accounting(&vm, ops, 3 - pool.len(), retired.len());
 }
@@ -133,10 +93,16 @@ fn check_unmap(existing: &[Mapping], addr: u64, len: u64, ops: &[Op], after: &[M
 
     let mut pool = NodeReserve::try_alloc(2).expect("memory");
     let mut retired = RetiredList::new();
-    let mut rec = Recorder::default();
-    vm.sm_unmap(addr, len, &mut pool, &mut retired, &mut rec)
-        .expect("unmap");
-    assert_eq!(rec.ops, ops, "ops seen by the step visitor");
+    let mut seen = Vec::new();
+    vm.sm_unmap(
+        addr,
+        len,
+        &mut pool,
+        &mut retired,
+        &mut Record::new(|op| seen.push(op)),
+    )
+    .expect("unmap");
+    assert_eq!(seen, ops, "ops seen by the step visitor");
     assert_eq!(state(&vm), after, "resulting tree");
     check_accounting(&vm, ops, 2 - pool.len(), retired.len());
 }
@@ -664,7 +630,7 @@ fn op_list_from_another_vm_is_refused() {
         &list,
         &mut NodeReserve::try_alloc(3).expect("memory"),
         &mut retired,
-        &mut Recorder::default(),
+        &mut Record::new(|_| {}),
     );
     assert_eq!(r, Err(crate::ApplyError::Foreign));
     assert_eq!(state(&b), [m(500, 100, Y, 0)]);

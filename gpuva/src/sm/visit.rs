@@ -2,6 +2,7 @@
 
 use core::convert::Infallible;
 
+use super::list::Op;
 use super::ops::{OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped};
 use crate::node::NodePtr;
 #[cfg(doc)]
@@ -123,6 +124,62 @@ impl<D: Clone + Default, P: NodePtr<D>> SmVisitor<D, P> for Apply<D> {
     }
 
     fn step_unmap<'op>(&mut self, op: OpUnmap<'op, D, P>) -> Result<OpUnmapped<'op>, Infallible> {
+        Ok(op.remove())
+    }
+}
+
+/// A visitor that hands every op to `sink` as a plain [`Op`], then applies it like [`Apply`]:
+/// for tracing, tests and simulators that want to see the steps as they happen.
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "alloc")] {
+/// use gpuva::{BoxNode, GpuVm, Mapping, NodeReserve, ObjId, Op, Record, RetiredList};
+/// let mut vm = GpuVm::<(), BoxNode<()>>::new(0..0x1000, 0..0)?;
+/// let mut retired = RetiredList::new();
+/// let mut seen = Vec::new();
+/// let req = Mapping::new(0, 0x1000, ObjId::new(1), 0);
+/// vm.sm_map(req, &mut NodeReserve::try_alloc(3)?, &mut retired, &mut Record::new(|op| seen.push(op)))?;
+/// assert_eq!(seen, [Op::Map(req)]);
+/// # }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Record<F> {
+    sink: F,
+}
+
+impl<F: FnMut(Op)> Record<F> {
+    /// A recorder feeding `sink`.
+    pub fn new(sink: F) -> Self {
+        Self { sink }
+    }
+}
+
+impl<D: Clone + Default, P: NodePtr<D>, F: FnMut(Op)> SmVisitor<D, P> for Record<F> {
+    type Error = Infallible;
+
+    fn step_map<'op>(&mut self, op: OpMap<'op, D, P>) -> Result<OpMapped<'op>, Infallible> {
+        (self.sink)(Op::Map(*op.mapping()));
+        Ok(op.insert(D::default()))
+    }
+
+    fn step_remap<'op>(&mut self, op: OpRemap<'op, D, P>) -> Result<OpRemapped<'op>, Infallible> {
+        (self.sink)(Op::Remap {
+            unmap: op.va().mapping(),
+            keep: op.keep(),
+            prev: op.prev().copied(),
+            next: op.next().copied(),
+        });
+        Ok(op.remap())
+    }
+
+    fn step_unmap<'op>(&mut self, op: OpUnmap<'op, D, P>) -> Result<OpUnmapped<'op>, Infallible> {
+        (self.sink)(Op::Unmap {
+            va: op.va().mapping(),
+            keep: op.keep(),
+        });
         Ok(op.remove())
     }
 }
