@@ -217,7 +217,7 @@ impl BenchRun {
 /// Times `repeat` runs of `trace`, each on a fresh VA space, and returns the median run.
 ///
 /// Each request pays what a driver pays: reserving nodes (prepare), computing and applying the ops
-/// (run), and freeing removed nodes (cleanup); every [`MAINTAIN_EVERY`] requests the directory
+/// (run), and freeing removed nodes (cleanup); every 1024 requests the directory
 /// maintenance step runs too.
 ///
 /// # Errors
