@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use crate::addr::PhysAddr;
+use crate::addr::{u64_from, usize_from, PhysAddr};
 use crate::mem::{AllocError, FrameAlloc, FrameList, FreeError, TableMemory};
 
 /// Error returned by [`Reserve::push`].
@@ -144,11 +144,37 @@ impl Reserve {
         self.frames.pop(mem)
     }
 
-    pub(crate) fn check_first<M: TableMemory + ?Sized>(
+    /// Checks, before anything is written, that the reservation can supply `need` frames: it holds
+    /// that many and the first `need` of them resolve in `mem`.
+    pub(crate) fn ensure<M: TableMemory + ?Sized>(
         &self,
         mem: &M,
-        n: usize,
-    ) -> Result<(), Option<PhysAddr>> {
-        self.frames.first_n_resolve(mem, n)
+        need: u64,
+    ) -> Result<(), Shortfall> {
+        let available = u64_from(self.len());
+        if need > available {
+            return Err(Shortfall::Short {
+                needed: need,
+                available,
+            });
+        }
+        self.frames
+            .first_n_resolve(mem, usize_from(need))
+            .map_err(|pa| match pa {
+                Some(pa) => Shortfall::BadTable(pa),
+                None => Shortfall::Short {
+                    needed: need,
+                    available,
+                },
+            })
     }
+}
+
+/// Why [`Reserve::ensure`] refused.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Shortfall {
+    /// Fewer frames than needed.
+    Short { needed: u64, available: u64 },
+    /// A reserved frame does not resolve in the table memory.
+    BadTable(PhysAddr),
 }

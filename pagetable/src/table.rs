@@ -23,7 +23,7 @@ use crate::flush::{BreakBeforeMake, Gather};
 use crate::format::{Format, OA_BITS};
 use crate::mem::{FrameAlloc, FrameMeta, TableMemory};
 use crate::pte::{Attrs, Desc, Pte};
-use crate::reserve::Reserve;
+use crate::reserve::{Reserve, Shortfall};
 
 /// A position in a backing: chunk `idx`, `off` bytes in.
 ///
@@ -453,22 +453,13 @@ impl PageTable {
                 Ok(())
             },
         )?;
-        let available = u64_from(reserve.len());
-        if need > available {
-            return Err(MapError::ReservationExhausted {
-                needed: need,
-                available,
-            });
-        }
-        reserve
-            .check_first(mem, usize_from(need))
-            .map_err(|pa| match pa {
-                Some(pa) => MapError::BadTable { pa },
-                None => MapError::ReservationExhausted {
-                    needed: need,
-                    available,
-                },
-            })?;
+        reserve.ensure(mem, need).map_err(|f| match f {
+            Shortfall::Short { needed, available } => {
+                MapError::ReservationExhausted { needed, available }
+            }
+            Shortfall::BadTable(pa) => MapError::BadTable { pa },
+        })?;
+
         let mut cur = Cursor::new(backing);
         let res = self.map_exec(
             mem,
@@ -822,22 +813,11 @@ impl PageTable {
             &mut need,
         )
         .map_err(RangeFail::Stop)?;
-        let available = u64_from(reserve.len());
-        if need > available {
-            return Err(RangeFail::Short {
-                needed: need,
-                available,
-            });
-        }
-        reserve
-            .check_first(mem, usize_from(need))
-            .map_err(|pa| match pa {
-                Some(pa) => RangeFail::Stop(Stop::BadTable(pa)),
-                None => RangeFail::Short {
-                    needed: need,
-                    available,
-                },
-            })?;
+        reserve.ensure(mem, need).map_err(|f| match f {
+            Shortfall::Short { needed, available } => RangeFail::Short { needed, available },
+            Shortfall::BadTable(pa) => RangeFail::Stop(Stop::BadTable(pa)),
+        })?;
+
         let res = self.range_exec(
             mem,
             reserve,
