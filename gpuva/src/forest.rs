@@ -292,10 +292,15 @@ impl<D, P: NodePtr<D>, B: DerefMut<Target = [Option<P>]>> Forest<D, P, B> {
 
     /// Number of non-empty buckets.
     pub(crate) fn occupied(&self) -> usize {
-        self.counts
-            .iter()
-            .map(|&c| usize::try_from(c).unwrap_or(usize::MAX))
-            .sum()
+        debug_assert_eq!(
+            self.occupied,
+            self.counts
+                .iter()
+                .map(|&c| usize::try_from(c).unwrap_or(usize::MAX))
+                .sum::<usize>(),
+            "occupied must be the sum of the group counts"
+        );
+        self.occupied
     }
 
     /// Depth of the deepest bucket treap.

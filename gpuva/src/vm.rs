@@ -626,8 +626,8 @@ impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P,
         Ok(())
     }
 
-    /// The mutating walk: cuts the tree around the request, lets the visitor decide each step,
-    /// carries the step out, and joins the tree again.
+    /// The mutating walk: visits the overlapping mappings in place, in order, lets the visitor
+    /// decide each step, and carries it out (removal, in-place remap, or insertion).
     ///
     /// # Invariants
     ///
