@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Writes gpuvm-examples/*.trace and *.expected from gpuvm-semantics.md section 2.5, transcribed by hand.
+"""Writes gpuvm-examples/*.trace and *.expected from the worked examples of docs/semantics.md
+(section 8, Examples E1-E14 and U1-U5), transcribed by hand.
 
-The expected outputs come from the specification's tables, not from vmsim, so the golden test
+The expected outputs come from that section, not from vmsim, so the golden test
 (sim/tests/golden.rs) checks vmsim against drm_gpuvm's documented behaviour. Units are the doc's
 abstract units in the VA space [0, 1000); objects X=1, Y=2, Z=3, W=4, NULL=0.
 """
@@ -85,7 +86,7 @@ def main():
     out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpuvm-examples")
     os.makedirs(out_dir, exist_ok=True)
     for name, (existing, req, ops, tree) in EXAMPLES.items():
-        trace = [f"# gpuvm-semantics.md section 2.5, example {name.upper()}", "space 0 1000"]
+        trace = [f"# docs/semantics.md, Example {name[0].upper()}{int(name[1:])}", "space 0 1000"]
         expected = []
         for n, (a, l, o, off) in enumerate(existing, start=1):
             trace.append(f"map {a} {l} {o} {off}")

@@ -1,7 +1,7 @@
 //! The user-space simulator behind the `vmsim` program.
 //!
-//! For now it replays VA traces (`vmsim ops`, [`ops`]); the CSF-style GPU model comes with the
-//! simulator issue.
+//! For now it replays VA traces (`vmsim ops`, [`ops`]; the format is `docs/trace-format.md` in the
+//! repository); the CSF-style GPU model is not written yet.
 
 pub mod ops;
 pub mod trace;

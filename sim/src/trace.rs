@@ -1,4 +1,4 @@
-//! Trace format v1 (`trace-format.md`): parsing a text trace into requests.
+//! Trace format v1 (`docs/trace-format.md` in the repository): parsing a text trace into requests.
 
 use std::fmt;
 

@@ -1,9 +1,10 @@
 //! `vmsim ops` against golden outputs transcribed from the specification, and against malformed
 //! input.
 //!
-//! `traces/example.*` is the example of `trace-format.md`; `traces/gpuvm-examples/*` are the worked
-//! examples of `gpuvm-semantics.md` section 2.5, generated from a hand transcription of the doc's
-//! table by `traces/gen-gpuvm-examples.py`; `traces/errors.*` covers every rejection reason.
+//! `traces/example.*` is the example of `docs/trace-format.md`; `traces/gpuvm-examples/*` are the
+//! worked examples E1-E14 and U1-U5 of `docs/semantics.md` section 8, generated from a hand
+//! transcription of that section by `traces/gen-gpuvm-examples.py`; `traces/errors.*` covers every
+//! rejection reason.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
