@@ -3,6 +3,8 @@
 use core::convert::Infallible;
 use core::fmt;
 
+use crate::va::ObjId;
+
 /// Error returned by [`GpuVm::new`](crate::GpuVm::new): the geometry is unusable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -15,10 +17,8 @@ pub enum NewError {
     InvertedReserve,
     /// The reserved cut-out is not inside the VA space.
     ReserveOutside,
-    /// The bucket directory has no bucket, or a bucket that is not empty.
-    Directory,
-    /// The directory could not be allocated.
-    OutOfMemory,
+    /// The granule is not a power of two, or the space or cut-out is not aligned to it.
+    Granule,
 }
 
 impl fmt::Display for NewError {
@@ -28,8 +28,9 @@ impl fmt::Display for NewError {
             Self::Overflow => "the VA space end overflows u64",
             Self::InvertedReserve => "the reserved range ends before it starts",
             Self::ReserveOutside => "the reserved range is not inside the VA space",
-            Self::Directory => "the bucket directory is empty or holds nodes",
-            Self::OutOfMemory => "out of memory for the bucket directory",
+            Self::Granule => {
+                "the granule is not a power of two, or the space or cut-out is not aligned to it"
+            }
         })
     }
 }
@@ -48,6 +49,8 @@ pub enum RangeError {
     OutOfRange,
     /// The range overlaps the kernel-reserved cut-out (touching its edge is allowed).
     Reserved,
+    /// The start or length is not a multiple of the VA space's granule.
+    Unaligned,
 }
 
 impl RangeError {
@@ -59,6 +62,7 @@ impl RangeError {
             Self::Overflow => "overflow",
             Self::OutOfRange => "out-of-range",
             Self::Reserved => "reserved",
+            Self::Unaligned => "unaligned",
         }
     }
 }
@@ -70,91 +74,96 @@ impl fmt::Display for RangeError {
             Self::Overflow => "range end overflows u64",
             Self::OutOfRange => "range is outside the VA space",
             Self::Reserved => "range overlaps the reserved cut-out",
+            Self::Unaligned => "range is not aligned to the VA space's granule",
         })
     }
 }
 
 impl core::error::Error for RangeError {}
 
-/// Error returned by [`GpuVm::sm_map`](crate::GpuVm::sm_map) and friends.
+/// Error returned by [`GpuVm::step`](crate::GpuVm::step) and its shorthands.
 ///
-/// `E` is the visitor's own error type; the built-in appliers use [`Infallible`].
+/// `E` is the visitor's own error type; the built-in visitors use [`Infallible`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum MapError<E = Infallible> {
+pub enum StepError<E = Infallible> {
     /// The request is invalid; nothing changed.
     Range(RangeError),
-    /// The node pool held fewer than [`MAX_MAP_NODES`](crate::MAX_MAP_NODES) nodes; nothing changed.
+    /// The claim belongs to another VA space; nothing changed.
+    Foreign,
+    /// The claim holds fewer nodes than the request's bound; nothing changed.
     ReservationTooSmall {
-        /// Nodes the worst case needs.
+        /// Nodes the request's bound needs.
         needed: usize,
-        /// Nodes the pool had.
+        /// Nodes the claim held.
         available: usize,
     },
-    /// The node pool ran dry although it reported enough nodes: a broken [`NodePool`](crate::NodePool)
-    /// implementation. Steps before this one stay applied; the tree is consistent.
-    ReservationExhausted,
-    /// The visitor failed. Steps before this one stay applied (as in drm_gpuvm), and so does the
-    /// failing step if the visitor applied its op before returning the error; the walk stops there
-    /// and the tree is consistent.
+    /// A map of an object that has no link in this VA space (obtain and pin one in prepare:
+    /// [`GpuVm::link_obtain`](crate::GpuVm::link_obtain)); nothing changed.
+    NoLink(ObjId),
+    /// The visitor failed. Steps before this one stay applied (as in drm_gpuvm), the failing step
+    /// was not applied, the walk stopped there, and the tree is consistent. The claim is used up.
     Visitor(E),
 }
 
-impl<E: fmt::Display> fmt::Display for MapError<E> {
+impl<E: fmt::Display> fmt::Display for StepError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Range(e) => write!(f, "invalid map request: {e}"),
-            Self::ReservationTooSmall { needed, available } => {
-                write!(
-                    f,
-                    "map needs {needed} reserved nodes, {available} available"
-                )
-            }
-            Self::ReservationExhausted => f.write_str("node pool ran dry during the walk"),
-            Self::Visitor(e) => write!(f, "map step failed: {e}"),
+            Self::Range(e) => write!(f, "invalid request: {e}"),
+            Self::Foreign => f.write_str("the claim belongs to another VA space"),
+            Self::ReservationTooSmall { needed, available } => write!(
+                f,
+                "request needs {needed} claimed nodes, the claim holds {available}"
+            ),
+            Self::NoLink(obj) => write!(f, "{obj:?} has no link in this VA space"),
+            Self::Visitor(e) => write!(f, "step failed: {e}"),
         }
     }
 }
 
-impl<E: fmt::Debug + fmt::Display> core::error::Error for MapError<E> {}
+impl<E: fmt::Debug + fmt::Display> core::error::Error for StepError<E> {}
 
-/// Error returned by [`GpuVm::sm_unmap`](crate::GpuVm::sm_unmap) and friends.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Error returned by the link calls ([`GpuVm::link_obtain`](crate::GpuVm::link_obtain) and
+/// friends); nothing changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum UnmapError<E = Infallible> {
-    /// The request is invalid; nothing changed.
-    Range(RangeError),
-    /// The node pool held fewer than [`MAX_UNMAP_NODES`](crate::MAX_UNMAP_NODES) nodes; nothing
-    /// changed.
+pub enum LinkError {
+    /// The VA space was made without object links.
+    LinksDisabled,
+    /// The claim or pin belongs to another VA space.
+    Foreign,
+    /// The claim holds fewer nodes than [`GpuVm::link_nodes`](crate::GpuVm::link_nodes).
     ReservationTooSmall {
-        /// Nodes the worst case needs.
+        /// Nodes needed.
         needed: usize,
-        /// Nodes the pool had.
+        /// Nodes the claim held.
         available: usize,
     },
-    /// See [`MapError::ReservationExhausted`].
-    ReservationExhausted,
-    /// See [`MapError::Visitor`].
-    Visitor(E),
+    /// The VA space already holds as many links as it can hold mappings.
+    TooManyLinks,
+    /// The link has `u32::MAX` pins.
+    TooManyPins,
+    /// The object has no live link.
+    NoLink(ObjId),
 }
 
-impl<E: fmt::Display> fmt::Display for UnmapError<E> {
+impl fmt::Display for LinkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Range(e) => write!(f, "invalid unmap request: {e}"),
-            Self::ReservationTooSmall { needed, available } => {
-                write!(
-                    f,
-                    "unmap needs {needed} reserved nodes, {available} available"
-                )
-            }
-            Self::ReservationExhausted => f.write_str("node pool ran dry during the walk"),
-            Self::Visitor(e) => write!(f, "unmap step failed: {e}"),
+            Self::LinksDisabled => f.write_str("the VA space keeps no object links"),
+            Self::Foreign => f.write_str("the claim or pin belongs to another VA space"),
+            Self::ReservationTooSmall { needed, available } => write!(
+                f,
+                "a link needs {needed} claimed nodes, the claim holds {available}"
+            ),
+            Self::TooManyLinks => f.write_str("the VA space holds its maximum number of links"),
+            Self::TooManyPins => f.write_str("the link has the maximum number of pins"),
+            Self::NoLink(obj) => write!(f, "{obj:?} has no link in this VA space"),
         }
     }
 }
 
-impl<E: fmt::Debug + fmt::Display> core::error::Error for UnmapError<E> {}
+impl core::error::Error for LinkError {}
 
 /// Error returned when recording an op list ([`GpuVm::sm_map_ops`](crate::GpuVm::sm_map_ops) and
 /// friends).
@@ -178,30 +187,25 @@ impl<E: fmt::Display> fmt::Display for OpsError<E> {
 
 impl<E: fmt::Debug + fmt::Display> core::error::Error for OpsError<E> {}
 
-/// Error returned by [`GpuVm::apply_ops`](crate::GpuVm::apply_ops).
+/// Error returned by [`GpuVm::apply_plan`](crate::GpuVm::apply_plan).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ApplyError<E = Infallible> {
-    /// The list was recorded on another VA space. Nothing changed.
+    /// The plan was recorded on another VA space. Nothing changed.
     Foreign,
-    /// The VA space changed after the list was recorded; the list no longer describes what applying
+    /// The VA space changed after the plan was recorded; it no longer describes what applying
     /// the request would do. Nothing changed.
     Stale,
-    /// Applying a map list failed.
-    Map(MapError<E>),
-    /// Applying an unmap list failed.
-    Unmap(UnmapError<E>),
+    /// Applying the request failed.
+    Step(StepError<E>),
 }
 
 impl<E: fmt::Display> fmt::Display for ApplyError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Foreign => f.write_str("op list was recorded on another VA space"),
-            Self::Stale => {
-                f.write_str("op list is stale: the VA space changed since it was recorded")
-            }
-            Self::Map(e) => fmt::Display::fmt(e, f),
-            Self::Unmap(e) => fmt::Display::fmt(e, f),
+            Self::Foreign => f.write_str("plan was recorded on another VA space"),
+            Self::Stale => f.write_str("plan is stale: the VA space changed since it was recorded"),
+            Self::Step(e) => fmt::Display::fmt(e, f),
         }
     }
 }

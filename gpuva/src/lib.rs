@@ -1,52 +1,54 @@
-//! GPU virtual address space tracking with drm_gpuvm-exact split/merge semantics.
+//! GPU virtual address space tracking with drm_gpuvm-exact split/merge semantics, on B+trees
+//! whose worst case no request sequence can push.
 //!
 //! # Overview
 //!
 //! A [`GpuVm`] tracks the mappings of one GPU virtual address space: `[start, end)`, minus an
-//! optional kernel-reserved cut-out. A mapping ([`GpuVa`]) covers `[addr, addr + len)` and is backed
-//! by an object at an offset ([`Mapping`]), or by nothing (a sparse/NULL mapping); it carries
-//! [`VaFlags`] and a driver payload `D`. Mappings never overlap.
+//! optional kernel-reserved cut-out. A mapping covers `[addr, addr + len)` and is backed by an
+//! object at an offset ([`Mapping`]), or by nothing (a sparse/NULL mapping); it carries
+//! [`VaFlags`] and a driver payload `D`. Mappings never overlap. Every object mapped in a VA
+//! space has one [`Link`] (drm_gpuvm's vm_bo) that finds all of its mappings, carries per-object
+//! state (external, evicted) and a driver payload `L`.
 //!
-//! The crate does what the kernel's drm_gpuvm does for drivers, and nothing about page tables: given
-//! a map or unmap request, it computes the split/merge operations the request implies, in exactly
-//! drm_gpuvm's order and form, and applies them to the tree.
+//! The crate does what the kernel's drm_gpuvm does for drivers, and nothing about page tables:
+//! given a map or unmap request, it computes the split/merge operations the request implies, in
+//! exactly drm_gpuvm's order and form, and applies them.
 //!
 //! # Split and merge
 //!
-//! See [`sm`] for the rules and one diagram per case. In short: each existing mapping overlapping
-//! the request becomes an `Unmap` or a `Remap` (keeping the parts outside the request as `prev` /
-//! `next` pieces), and a map request ends with one `Map`. Requests are validated first: zero size,
-//! overflow, leaving the VA space or touching the cut-out are [`RangeError`]s and change nothing.
+//! See [`sm`] for the rules and one diagram per case (and `docs/semantics.md` in the repository
+//! for the whole reference). In short: each existing mapping overlapping the request becomes an
+//! `Unmap` or a `Remap` (keeping the parts outside the request as `prev` / `next` pieces), and a
+//! map request ends with one `Map`. Requests are validated first: zero size, overflow, leaving the
+//! VA space, touching the cut-out or missing the granule are [`RangeError`]s and change nothing.
+//!
+//! # Storage
+//!
+//! Three B+trees of fixed-size [`Node`]s (see `btree/`): mappings by start address (stored inline,
+//! 16 to a leaf), the object index by `(object, start)`, links by object. Balanced by construction:
+//! every operation is O(log n) for every request sequence (no randomness, no seed, no maintenance),
+//! a walk over k overlapped mappings is O(log n + k), teardown is iterative.
 //!
 //! # Locking
 //!
-//! None inside: mutation takes `&mut GpuVm` (the driver's VM lock). Node reservations are separate
-//! values, so prepare can reserve while a job runs.
+//! None inside: mutation takes `&mut GpuVm` (the driver's VM lock).
 //!
 //! # Allocation
 //!
-//! gpuva never allocates. Node memory comes from the caller as [`NodePtr`] handles:
+//! gpuva never allocates. Node memory comes from the caller as [`NodePtr`] handles, in
+//! [`NodeBag`]s, into the VA space's spare cache:
 //!
-//! * a map request needs at most [`MAX_MAP_NODES`] = 3 new nodes (the mapping, `prev`, `next`);
-//! * an unmap request needs at most [`MAX_UNMAP_NODES`] = 2 (`prev` and `next`: unmapping the middle
-//!   of a mapping; panthor once reserved 1 and crashed);
-//! * these bounds are pure functions of the request kind, so a queued job can reserve them before
-//!   anyone knows the tree it will run against;
-//! * removed nodes are retired to a [`RetiredList`] (chained through their own links, so retiring
-//!   never allocates), unused reserved nodes stay in the [`NodeReserve`].
+//! * the nodes a request may need at most are a pure function of the request kind and the VA
+//!   space's geometry ([`GpuVm::nodes_for`], [`Bounds`]; the derivation is in `reserve.rs`), so a
+//!   queued job can reserve them before anyone knows the tree it will run against;
+//! * prepare claims them ([`GpuVm::reserve`], after allocating [`GpuVm::shortfall`] nodes outside
+//!   the lock: usually none, because merges refill the cache); run draws from the cache and never
+//!   fails for lack of nodes; cleanup releases the claim and may [`GpuVm::trim`] the cache;
+//! * removed payloads go back to the step visitor by value ([`SmVisitor::removed`]); idle links
+//!   become zombies, drained outside the run stage.
 //!
-//! The tree is a directory of address buckets, each holding a treap of the mappings that start in
-//! it (see `forest.rs` and `tree.rs`). The directory is caller memory too: [`GpuVm::new`] uses a
-//! single bucket (no memory, one treap), [`GpuVm::with_buckets`] takes any slice-like storage, and
-//! [`GpuVm::with_capacity`] (feature `alloc`) allocates about one bucket per two expected mappings.
-//! At a million mappings that makes a random lookup about 15x faster than a single treap. Growing
-//! the directory ([`GpuVm::rebucket`]) moves nodes and never allocates.
-//!
-//! Memory per live mapping: a node is 56 bytes on 64-bit targets (with `D = ()`), plus 8 bytes per
-//! bucket, so about 60 bytes with [`GpuVm::with_capacity`]; drm_gpuva alone is about 120.
-//!
-//! The `alloc` feature (default) adds [`BoxNode`], a `Vec` node pool, [`OpList`] and the boxed
-//! directory; every allocation there is fallible. Without it the crate builds against `core` alone.
+//! The `alloc` feature (default) adds [`BoxNode`], [`OpList`] and [`GpuVm::reserve_boxed`]; every
+//! allocation there is fallible. Without it the crate builds against `core` alone.
 //!
 //! # Examples
 //!
@@ -54,14 +56,14 @@
 //!
 //! ```
 //! # #[cfg(feature = "alloc")] {
-//! use gpuva::{BoxNode, GpuVm, Mapping, NodeReserve, ObjId, Op, RetiredList};
+//! use gpuva::{BoxNode, GpuVm, Mapping, ObjId, Op};
 //!
-//! let mut vm = GpuVm::<(), BoxNode<()>>::new(0..1000, 0..0)?;
-//! let mut retired = RetiredList::new();
+//! let mut vm = GpuVm::<(), BoxNode<()>>::new(0..1000, 0..0)?.without_links();
 //! let (x, y) = (ObjId::new(1), ObjId::new(2));
-//! vm.map(Mapping::new(100, 300, x, 0), &mut NodeReserve::try_alloc(3)?, &mut retired)?;
+//! let mut claim = vm.reserve_boxed(2 * vm.bounds().map_obj)?;
+//! vm.map(Mapping::new(100, 300, x, 0), &mut claim)?;
 //!
-//! // gpuvm-semantics.md example E5: a map strictly inside another object's mapping.
+//! // Example E5 of docs/semantics.md: a map strictly inside another object's mapping.
 //! let ops = vm.sm_map_ops(Mapping::new(200, 100, y, 7))?;
 //! assert_eq!(ops.ops(), [
 //!     Op::Remap {
@@ -72,7 +74,7 @@
 //!     },
 //!     Op::Map(Mapping::new(200, 100, y, 7)),
 //! ]);
-//! vm.apply_ops(&ops, &mut NodeReserve::try_alloc(3)?, &mut retired, &mut gpuva::Apply::default())?;
+//! vm.apply_ops(&ops, &mut claim, &mut gpuva::Apply::default())?;
 //! assert_eq!(vm.len(), 3);
 //! # }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -81,16 +83,20 @@
 //! Without any allocator, nodes can live in a caller array:
 //!
 //! ```
-//! use gpuva::{GpuVa, GpuVm, Mapping, NodeReserve, ObjId, RefNode, RetiredList};
+//! use gpuva::{GpuVm, Mapping, Node, NodeBag, ObjId, RefNode};
 //!
-//! let mut slots: [GpuVa<(), RefNode<'_, ()>>; 3] = core::array::from_fn(|_| GpuVa::new(()));
-//! let mut pool = NodeReserve::<RefNode<'_, ()>>::new();
-//! for slot in &mut slots {
-//!     pool.push(RefNode::new(slot)).ok();
+//! // The slots outlive every handle to them; `ManuallyDrop` says so to the borrow checker (a
+//! // node holds arrays with drop glue, which would otherwise need the borrow at drop time).
+//! let mut slots: core::mem::ManuallyDrop<[Node<(), (), RefNode<'_, ()>>; 8]> =
+//!     core::mem::ManuallyDrop::new(core::array::from_fn(|_| Node::new()));
+//! let mut bag = NodeBag::new();
+//! for slot in slots.iter_mut() {
+//!     bag.push(RefNode::new(slot));
 //! }
-//! let mut vm = GpuVm::new(0..0x1000, 0..0)?;
-//! let mut retired = RetiredList::new();
-//! vm.map(Mapping::new(0, 0x1000, ObjId::new(1), 0), &mut pool, &mut retired)?;
+//! // A 4 KiB-granular 1 MiB space: at most 256 mappings, so small bounds.
+//! let mut vm = GpuVm::with_granule(0..0x10_0000, 0..0, 0x1000)?.without_links();
+//! let mut claim = vm.reserve(vm.bounds().map_obj, &mut bag)?;
+//! vm.map(Mapping::new(0, 0x1000, ObjId::new(1), 0), &mut claim)?;
 //! assert_eq!(vm.lookup(0x800).map(|va| va.range()), Some(0..0x1000));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -101,29 +107,27 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+mod btree;
 mod error;
-mod forest;
+mod index;
+mod link;
 mod node;
+mod reserve;
 pub mod sm;
-mod tree;
 mod va;
 mod vm;
 
-pub use error::{ApplyError, MapError, NewError, OpsError, RangeError, UnmapError};
-pub use forest::OneBucket;
+pub use error::{ApplyError, LinkError, NewError, OpsError, RangeError, StepError};
+pub use link::{Link, LinkPin};
 #[cfg(feature = "alloc")]
 pub use node::BoxNode;
-pub use node::{
-    AllocError, GpuVaRemoved, NodePool, NodePtr, NodeReserve, RefNode, ReserveError, RetiredList,
-    MAX_MAP_NODES, MAX_UNMAP_NODES,
-};
+pub use node::{AllocError, Node, NodeBag, NodePtr, RefNode};
+pub use reserve::{Bounds, Claim, ReserveError};
 #[cfg(feature = "alloc")]
 pub use sm::OpList;
 pub use sm::{
-    Apply, Op, OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped, Piece, Record, Request,
-    SmVisitor,
+    Apply, Op, OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped, Piece, Plan, Record,
+    Request, SmVisitor,
 };
 pub use va::{GpuVa, Mapping, ObjId, VaFlags};
-#[cfg(feature = "alloc")]
-pub use vm::alloc_buckets;
 pub use vm::GpuVm;

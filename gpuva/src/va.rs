@@ -89,7 +89,7 @@ impl fmt::Debug for VaFlags {
 ///
 /// Used for requests, for the pieces of a split, and to describe existing mappings in operations.
 /// `offset` is kept even when `obj` is `None`: drm_gpuvm applies offset arithmetic to NULL mappings
-/// too (`gpuvm-semantics.md` example E13), and so do we.
+/// too (`docs/semantics.md`, example E13), and so do we.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Mapping {
     /// First address.
@@ -137,7 +137,7 @@ impl Mapping {
     }
 
     /// Whether `self` maps every address it shares with `other` to the same object offset, and
-    /// has an object at all: drm_gpuvm's `keep` predicate (`gpuvm-semantics.md` section 2.2).
+    /// has an object at all: drm_gpuvm's `keep` predicate (`docs/semantics.md`, "The keep rule").
     ///
     /// The comparison is `offset - addr` modulo 2^64, so it holds for overlapping and
     /// non-overlapping ranges alike.
@@ -149,148 +149,112 @@ impl Mapping {
     }
 }
 
-/// A mapping stored in a [`GpuVm`](crate::GpuVm): one tree node.
-///
-/// Node memory is supplied by the caller through a [`NodePtr`](crate::NodePtr) (a `Box`, a kernel
-/// `KBox`, a slot of a static array, ...). The node holds the mapping, the driver payload `D` and two
-/// child links of the tree; it is 56 bytes on 64-bit targets when `D` is `()`.
-///
-/// A node moves through a lifecycle, as in the Rust GPUVM binding: a preallocated node (held in a
-/// [`NodeReserve`](crate::NodeReserve)) is inserted by the split/merge walker, becomes live, and is
-/// handed back detached as a [`GpuVaRemoved`](crate::GpuVaRemoved) when a later request removes it.
-///
-/// # Invariants
-///
-/// While the node is live: `len > 0`, `addr + len` does not overflow, and the node lies inside the
-/// VA space and outside its reserved cut-out.
-pub struct GpuVa<D, P> {
-    pub(crate) addr: u64,
+/// What the mapping tree stores per entry besides the key (the start address) and the flags
+/// (which live in the leaf's tag column: see `btree/leaf.rs`).
+pub(crate) struct VaVal<D> {
     pub(crate) len: u64,
-    pub(crate) obj: Option<ObjId>,
     pub(crate) offset: u64,
-    pub(crate) flags: VaFlags,
-    /// Heap priority of the treap (see `tree.rs`): random, drawn when the node is inserted.
-    pub(crate) prio: u32,
-    pub(crate) left: Option<P>,
-    pub(crate) right: Option<P>,
+    pub(crate) obj: Option<ObjId>,
     pub(crate) data: D,
 }
 
-impl<D, P> GpuVa<D, P> {
-    /// An unused node carrying `data` until it is inserted (the payload is replaced then).
-    pub const fn new(data: D) -> Self {
-        Self {
-            addr: 0,
-            len: 0,
-            obj: None,
-            offset: 0,
-            flags: VaFlags::EMPTY,
-            prio: 0,
-            left: None,
-            right: None,
-            data,
+impl<D> VaVal<D> {
+    pub(crate) fn mapping(&self, addr: u64, flags: VaFlags) -> Mapping {
+        Mapping {
+            addr,
+            len: self.len,
+            obj: self.obj,
+            offset: self.offset,
+            flags,
         }
+    }
+}
+
+/// A live mapping of a [`GpuVm`](crate::GpuVm), as seen from outside: the mapping and a
+/// reference to its driver payload.
+///
+/// Mappings are stored inline in the leaves of the VA space's B+tree, so this is a view made on
+/// the fly, not a node.
+pub struct GpuVa<'a, D> {
+    mapping: Mapping,
+    data: &'a D,
+}
+
+impl<D> Clone for GpuVa<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<D> Copy for GpuVa<'_, D> {}
+
+impl<'a, D> GpuVa<'a, D> {
+    pub(crate) fn new(mapping: Mapping, data: &'a D) -> Self {
+        Self { mapping, data }
     }
 
     /// First address.
     #[must_use]
     pub fn addr(&self) -> u64 {
-        self.addr
+        self.mapping.addr
     }
 
-    /// Length.
+    /// Length (never zero for a live mapping).
     #[must_use]
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether the length is zero (only for an unused node).
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    pub fn length(&self) -> u64 {
+        self.mapping.len
     }
 
     /// One past the last address.
     #[must_use]
     pub fn end(&self) -> u64 {
-        self.addr.wrapping_add(self.len)
+        self.mapping.end()
     }
 
     /// `addr..end`.
     #[must_use]
     pub fn range(&self) -> Range<u64> {
-        self.addr..self.end()
+        self.mapping.range()
     }
 
     /// Backing object, if any.
     #[must_use]
     pub fn obj(&self) -> Option<ObjId> {
-        self.obj
+        self.mapping.obj
     }
 
     /// Offset of `addr` in the backing object.
     #[must_use]
     pub fn offset(&self) -> u64 {
-        self.offset
+        self.mapping.offset
     }
 
     /// Flags.
     #[must_use]
     pub fn flags(&self) -> VaFlags {
-        self.flags
+        self.mapping.flags
     }
 
     /// The mapping as a plain value.
     #[must_use]
     pub fn mapping(&self) -> Mapping {
-        Mapping {
-            addr: self.addr,
-            len: self.len,
-            obj: self.obj,
-            offset: self.offset,
-            flags: self.flags,
-        }
+        self.mapping
     }
 
     /// The driver payload.
     #[must_use]
-    pub fn data(&self) -> &D {
-        &self.data
-    }
-
-    /// The driver payload, mutably. The mapping itself can only change through split/merge.
-    pub fn data_mut(&mut self) -> &mut D {
-        &mut self.data
-    }
-
-    /// Overwrites the mapping fields only; leaves priority, links and payload alone.
-    pub(crate) fn set_mapping(&mut self, m: &Mapping) {
-        self.addr = m.addr;
-        self.len = m.len;
-        self.obj = m.obj;
-        self.offset = m.offset;
-        self.flags = m.flags;
-    }
-
-    /// Overwrites the mapping fields and payload; leaves the links alone.
-    pub(crate) fn set(&mut self, m: &Mapping, prio: u32, data: D) {
-        self.addr = m.addr;
-        self.len = m.len;
-        self.obj = m.obj;
-        self.offset = m.offset;
-        self.flags = m.flags;
-        self.prio = prio;
-        self.data = data;
+    pub fn data(&self) -> &'a D {
+        self.data
     }
 }
 
-impl<D: fmt::Debug, P> fmt::Debug for GpuVa<D, P> {
+impl<D: fmt::Debug> fmt::Debug for GpuVa<'_, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GpuVa")
             .field("range", &self.range())
-            .field("obj", &self.obj)
-            .field("offset", &self.offset)
-            .field("flags", &self.flags)
+            .field("obj", &self.mapping.obj)
+            .field("offset", &self.mapping.offset)
+            .field("flags", &self.mapping.flags)
             .field("data", &self.data)
             .finish()
     }
@@ -300,14 +264,12 @@ impl<D: fmt::Debug, P> fmt::Debug for GpuVa<D, P> {
 mod tests {
     use super::*;
 
-    /// The memory figure the crate docs and BENCHMARKS.md quote.
+    /// The per-entry figure the crate docs quote: 24 bytes of value plus an 8-byte key and a
+    /// 4-byte flags tag.
     #[test]
-    fn node_is_56_bytes_on_64_bit() {
+    fn entry_value_is_24_bytes_on_64_bit() {
         if core::mem::size_of::<usize>() == 8 {
-            assert_eq!(
-                core::mem::size_of::<GpuVa<(), crate::RefNode<'static, ()>>>(),
-                56
-            );
+            assert_eq!(core::mem::size_of::<VaVal<()>>(), 24);
         }
     }
 }

@@ -4,87 +4,152 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::ops::Range;
 
-#[cfg(feature = "alloc")]
-use crate::error::ApplyError;
-use crate::error::{MapError, NewError, OpsError, RangeError, UnmapError};
-use crate::forest::{Forest, OneBucket};
-use crate::node::{GpuVaRemoved, NodePool, NodePtr, RetiredList, MAX_MAP_NODES, MAX_UNMAP_NODES};
-use crate::sm::{Apply, Op, OpMap, OpRemap, OpUnmap, Pending, SmVisitor, Step, Walker};
-use crate::tree::Rng;
-use crate::va::{GpuVa, Mapping};
+use crate::btree::{Act, Items, RangeVisit};
+use crate::error::{ApplyError, NewError, OpsError, RangeError, StepError};
+use crate::index::{LinkTree, ObjTree, VaTree};
+use crate::link::{LinkRec, LinkState};
+use crate::node::{NodeBag, NodePtr};
+use crate::reserve::{Bounds, Claim, ClaimError};
+use crate::sm::{Op, OpMap, OpRemap, OpUnmap, Pending, Plan, Request, SmVisitor, Step, Walker};
+use crate::va::{GpuVa, Mapping, VaFlags, VaVal};
 
 /// A GPU virtual address space: the mappings of `[start, end)`, minus an optional kernel-reserved
-/// cut-out, kept in a tree of caller-supplied nodes.
+/// cut-out, kept in B+trees of caller-supplied nodes, with object links.
 ///
-/// `D` is the driver payload stored with every mapping; `P` the node handle type (see
-/// [`NodePtr`]); `B` the bucket directory (see [`GpuVm::with_buckets`]): the default
-/// [`OneBucket`] needs no memory and keeps one treap, a directory with a bucket per one or two
-/// mappings makes requests on large VA spaces several times faster.
+/// `D` is the driver payload stored with every mapping, `L` the payload of every object link,
+/// `P` the node handle type (see [`NodePtr`]).
+///
+/// # Memory
+///
+/// Mappings are stored inline in leaves of up to 16 entries (36 bytes each with `D = ()`), so a
+/// live mapping costs about 50-75 bytes depending on how full the leaves are (at least half, by
+/// construction); with object links every mapping with an object adds an object-index entry
+/// (16 bytes) and every object a link entry (33 bytes with `L = ()`). `GpuVm` itself is a few
+/// hundred bytes (`tests::gpuvm_is_small`). `BENCHMARKS.md` has the measured figures.
 ///
 /// # Locking
 ///
 /// `GpuVm` has no lock of its own: changing it takes `&mut self`, as drm_gpuvm requires the driver's
-/// VM lock. Reservations ([`crate::NodeReserve`]) are separate values, so a job can be prepared while
-/// another job runs on the VA space.
+/// VM lock. Node memory is reserved in [`Claim`]s: allocate nodes with the lock dropped, then
+/// [`GpuVm::reserve`] under it (moves nodes only), so the run stage, which holds the lock, never
+/// waits on an allocation.
 ///
 /// # Examples
 ///
 /// ```
 /// # #[cfg(feature = "alloc")] {
-/// use gpuva::{BoxNode, GpuVm, Mapping, NodeReserve, ObjId, RetiredList};
+/// use gpuva::{BoxNode, GpuVm, Mapping, ObjId, Request};
 ///
 /// let mut vm = GpuVm::<(), BoxNode<()>>::new(0..1 << 32, 0..0x1000)?;
-/// let mut retired = RetiredList::new();
-/// let bo = ObjId::new(7);
+/// let bo = ObjId::new(7).ok_or("zero id")?;
 ///
-/// // Prepare: reserve the worst case. Run: apply without allocating.
-/// let mut nodes = NodeReserve::try_alloc(gpuva::MAX_MAP_NODES)?;
-/// vm.map(Mapping::new(0x10_0000, 0x4000, bo, 0), &mut nodes, &mut retired)?;
-/// let mut nodes = NodeReserve::try_alloc(gpuva::MAX_UNMAP_NODES)?;
-/// vm.unmap(0x10_1000, 0x1000, &mut nodes, &mut retired)?;
+/// // prepare: claim the worst case of the job (a pure function of its requests), pin the link
+/// let map = Request::Map(Mapping::new(0x10_0000, 0x4000, Some(bo), 0));
+/// let unmap = Request::Unmap { addr: 0x10_1000, len: 0x1000 };
+/// let need = vm.nodes_for(&map) + vm.nodes_for(&unmap) + vm.link_nodes();
+/// let mut claim = vm.reserve_boxed(need)?;
+/// let pin = vm.link_obtain(bo, &mut claim, || ())?;
 ///
+/// // run: no allocation, cannot fail with the claim
+/// vm.map(Mapping::new(0x10_0000, 0x4000, Some(bo), 0), &mut claim)?;
+/// vm.unmap(0x10_1000, 0x1000, &mut claim)?;
+///
+/// // cleanup
+/// vm.release(claim).ok();
+/// vm.link_put(pin).ok();
 /// let ranges: Vec<_> = vm.iter().map(|va| (va.range(), va.offset())).collect();
 /// assert_eq!(ranges, [(0x10_0000..0x10_1000, 0), (0x10_2000..0x10_4000, 0x2000)]);
-/// assert_eq!(retired.len(), 1);
+/// assert_eq!(vm.link(bo).map(|l| l.mappings()), Some(2));
 /// # }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct GpuVm<D, P: NodePtr<D>, B = OneBucket<P>> {
+pub struct GpuVm<D, P: NodePtr<D, L>, L = ()> {
     space: Range<u64>,
-    /// The kernel cut-out; empty when there is none. Never stored as a node, so lookups and
+    /// The kernel cut-out; empty when there is none. Never stored as a mapping, so lookups and
     /// iterators never see it (drm_gpuvm's plain iterators do).
     reserved: Range<u64>,
-    forest: Forest<D, P, B>,
-    count: usize,
-    rng: Rng,
+    granule: u64,
+    pub(crate) vas: VaTree<D, L, P>,
+    pub(crate) objs: ObjTree<D, L, P>,
+    pub(crate) links: LinkTree<D, L, P>,
+    /// Unused nodes: claims set them aside, splits draw from them, merges give back to them.
+    pub(crate) spare: NodeBag<D, L, P>,
+    /// Nodes claims hold. Invariant: `spare.len() >= claimed`.
+    pub(crate) claimed: usize,
+    pub(crate) bounds: Bounds,
+    pub(crate) links_on: bool,
+    /// Head of the zombie-link chain (raw object id; 0 for none).
+    pub(crate) zombies: u64,
     generation: u64,
-    /// Identifies this VA space, so an op list recorded on another one is refused.
-    id: usize,
-    _data: PhantomData<fn() -> D>,
+    /// Identifies this VA space, so claims, pins and plans of another one are refused.
+    pub(crate) id: usize,
+    _data: PhantomData<fn() -> (D, L)>,
 }
 
-/// Source of [`GpuVm`] identities (op lists remember the VA space they were recorded on).
+/// Source of [`GpuVm`] identities.
 static NEXT_VM_ID: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(1);
 
-/// Default treap seed; any non-zero value works.
-const DEFAULT_SEED: u64 = 0x6a09_e667_f3bc_c908;
-
-/// Why the mutating walk stopped early.
-enum WalkError<E> {
-    Exhausted,
-    Visitor(E),
-}
-
-impl<D, P: NodePtr<D>> GpuVm<D, P> {
-    /// A VA space over `space`, with the kernel cut-out `reserved` (an empty range for none), and
-    /// a one-bucket directory.
+impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
+    /// A VA space over `space`, with the kernel cut-out `reserved` (an empty range for none), in
+    /// units of one (any request alignment).
+    ///
+    /// The node bounds follow from the space's length: see [`GpuVm::with_granule`] for smaller
+    /// reservations when requests are page-aligned.
     ///
     /// # Errors
     ///
     /// [`NewError`] if `space` is empty, `reserved` is inverted, or a non-empty `reserved` is not
     /// inside `space`.
     pub fn new(space: Range<u64>, reserved: Range<u64>) -> Result<Self, NewError> {
-        Self::with_buckets(space, reserved, OneBucket::new())
+        Self::with_granule(space, reserved, 1)
+    }
+
+    /// A VA space whose requests must be aligned to `granule` (a power of two; both address and
+    /// length), which bounds the number of mappings by `length / granule` and so the node
+    /// reservations ([`Bounds`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`GpuVm::new`], plus [`NewError::Granule`] if `granule` is not a power of two or the
+    /// space or cut-out is not aligned to it.
+    pub fn with_granule(
+        space: Range<u64>,
+        reserved: Range<u64>,
+        granule: u64,
+    ) -> Result<Self, NewError> {
+        if space.start >= space.end {
+            return Err(NewError::EmptySpace);
+        }
+        if reserved.start > reserved.end {
+            return Err(NewError::InvertedReserve);
+        }
+        let reserved = if reserved.is_empty() { 0..0 } else { reserved };
+        if !reserved.is_empty() && (reserved.start < space.start || reserved.end > space.end) {
+            return Err(NewError::ReserveOutside);
+        }
+        let mask = granule.wrapping_sub(1);
+        if !granule.is_power_of_two()
+            || (space.start | space.end | reserved.start | reserved.end) & mask != 0
+        {
+            return Err(NewError::Granule);
+        }
+        let max = u128::from((space.end - space.start) / granule);
+        Ok(Self {
+            space,
+            reserved,
+            granule,
+            vas: VaTree::new(),
+            objs: ObjTree::new(),
+            links: LinkTree::new(),
+            spare: NodeBag::new(),
+            claimed: 0,
+            bounds: Bounds::new(max, true),
+            links_on: true,
+            zombies: 0,
+            generation: 0,
+            id: NEXT_VM_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
+            _data: PhantomData,
+        })
     }
 
     /// [`GpuVm::new`] from start and size pairs, as `drm_gpuvm_init` takes them.
@@ -104,108 +169,23 @@ impl<D, P: NodePtr<D>> GpuVm<D, P> {
             .ok_or(NewError::Overflow)?;
         Self::new(start..end, reserve_start..rend)
     }
-}
 
-#[cfg(feature = "alloc")]
-impl<D, P: NodePtr<D>> GpuVm<D, P, alloc::boxed::Box<[Option<P>]>> {
-    /// A VA space with a heap directory sized for about `mappings` live mappings (feature `alloc`;
-    /// allocated fallibly, here, never later).
-    ///
-    /// The directory gets a power-of-two number of buckets near `mappings / 2`, 8 bytes each.
-    /// [`GpuVm::rebucket`] changes it later if the VA space grows well past that.
-    ///
-    /// # Errors
-    ///
-    /// As [`GpuVm::new`], plus [`NewError::OutOfMemory`].
-    pub fn with_capacity(
-        space: Range<u64>,
-        reserved: Range<u64>,
-        mappings: usize,
-    ) -> Result<Self, NewError> {
-        let buckets = (mappings / 2)
-            .max(1)
-            .checked_next_power_of_two()
-            .ok_or(NewError::OutOfMemory)?;
-        Self::with_buckets(space, reserved, alloc_buckets(buckets)?)
-    }
-}
-
-/// A boxed, empty bucket directory of `n` buckets (feature `alloc`), for
-/// [`GpuVm::with_buckets`] and [`GpuVm::rebucket`].
-///
-/// # Errors
-///
-/// [`NewError::OutOfMemory`]; [`NewError::Directory`] for `n == 0`.
-///
-/// # Examples
-///
-/// ```
-/// use gpuva::{alloc_buckets, BoxNode, GpuVm};
-/// let mut vm = GpuVm::<(), BoxNode<()>, _>::with_capacity(0..1 << 40, 0..0, 1000)?;
-/// // ... later, outside the fence-signalling path:
-/// if let Some(n) = vm.rebucket_advice() {
-///     let dir = alloc_buckets(n)?; // allocate before taking the VM lock
-///     let old = vm.rebucket(dir).map_err(|(_, e)| e)?; // under the lock: moves nodes only
-///     drop(old); // free after releasing it
-/// }
-/// # Ok::<(), gpuva::NewError>(())
-/// ```
-#[cfg(feature = "alloc")]
-pub fn alloc_buckets<P>(n: usize) -> Result<alloc::boxed::Box<[Option<P>]>, NewError> {
-    if n == 0 {
-        return Err(NewError::Directory);
-    }
-    let mut v = alloc::vec::Vec::new();
-    v.try_reserve_exact(n).map_err(|_| NewError::OutOfMemory)?;
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "capacity reserved fallibly just above"
-    )]
-    v.resize_with(n, || None);
-    if v.capacity() != n {
-        // `into_boxed_slice` would shrink (reallocate, infallibly): refuse instead.
-        return Err(NewError::OutOfMemory);
-    }
-    Ok(v.into_boxed_slice())
-}
-
-impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P, B> {
-    /// A VA space like [`GpuVm::new`], with `dir` as bucket directory: its length is the bucket
-    /// count, and every entry must be `None`.
-    ///
-    /// # Errors
-    ///
-    /// As [`GpuVm::new`], plus [`NewError::Directory`] for an empty directory or one holding nodes.
-    pub fn with_buckets(space: Range<u64>, reserved: Range<u64>, dir: B) -> Result<Self, NewError> {
-        if space.start >= space.end {
-            return Err(NewError::EmptySpace);
-        }
-        if reserved.start > reserved.end {
-            return Err(NewError::InvertedReserve);
-        }
-        let reserved = if reserved.is_empty() { 0..0 } else { reserved };
-        if !reserved.is_empty() && (reserved.start < space.start || reserved.end > space.end) {
-            return Err(NewError::ReserveOutside);
-        }
-        let forest = Forest::new(dir, space.start, space.end - space.start)
-            .map_err(|_| NewError::Directory)?;
-        Ok(Self {
-            space,
-            reserved,
-            forest,
-            count: 0,
-            rng: Rng::new(DEFAULT_SEED),
-            generation: 0,
-            id: NEXT_VM_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
-            _data: PhantomData,
-        })
-    }
-
-    /// Reseeds the treap's priority generator (only the tree's shape depends on it).
+    /// The same, new VA space without object links: no object index, no link tree, smaller
+    /// reservations; maps of objects need no link. For VA bookkeeping without vm_bo semantics.
+    /// A VA space that already holds mappings is returned unchanged.
     #[must_use]
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.rng = Rng::new(seed);
+    pub fn without_links(mut self) -> Self {
+        if self.vas.len() == 0 && self.links.len() == 0 {
+            self.links_on = false;
+            self.bounds = Bounds::new(self.bounds.max_mappings, false);
+        }
         self
+    }
+
+    /// Whether this VA space keeps object links.
+    #[must_use]
+    pub fn has_links(&self) -> bool {
+        self.links_on
     }
 
     /// The managed VA range.
@@ -220,37 +200,49 @@ impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P,
         (!self.reserved.is_empty()).then(|| self.reserved.clone())
     }
 
+    /// The alignment every request must have.
+    #[must_use]
+    pub fn granule(&self) -> u64 {
+        self.granule
+    }
+
     /// Number of mappings.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.count
+        self.vas.len()
     }
 
     /// Whether there are no mappings.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.vas.len() == 0
     }
 
-    /// A counter bumped by every request that changed the tree; op lists use it to detect staleness.
+    /// A counter bumped by every request that changed the tree; plans use it to detect staleness.
     #[must_use]
     pub fn generation(&self) -> u64 {
         self.generation
     }
 
-    /// An identity distinct for every VA space created by this program (op lists use it to refuse
-    /// being applied to another VA space).
+    /// An identity distinct for every VA space created by this program.
     #[must_use]
     pub fn id(&self) -> usize {
         self.id
     }
 
-    /// Checks a request range: `drm_gpuvm_range_valid`, plus the refusal of zero size.
+    /// Heights of the mapping tree, the object index and the link tree (statistics and tests).
+    #[must_use]
+    pub fn heights(&self) -> [usize; 3] {
+        [self.vas.height(), self.objs.height(), self.links.height()]
+    }
+
+    /// Checks a request range: `drm_gpuvm_range_valid`, plus the refusal of zero size and of
+    /// ranges not aligned to the granule.
     ///
     /// # Errors
     ///
-    /// [`RangeError`]: zero size, overflow, outside the VA space, or overlapping the cut-out
-    /// (touching its edge is fine).
+    /// [`RangeError`]: zero size, overflow, outside the VA space, overlapping the cut-out
+    /// (touching its edge is fine), or unaligned.
     pub fn check_range(&self, addr: u64, len: u64) -> Result<Range<u64>, RangeError> {
         if len == 0 {
             return Err(RangeError::ZeroSize);
@@ -262,31 +254,64 @@ impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P,
         if addr < self.reserved.end && self.reserved.start < end {
             return Err(RangeError::Reserved);
         }
+        if (addr | len) & (self.granule - 1) != 0 {
+            return Err(RangeError::Unaligned);
+        }
         Ok(addr..end)
     }
 
     /// The mapping exactly covering `[addr, addr + len)`, if any (`drm_gpuva_find`).
     #[must_use]
-    pub fn find(&self, addr: u64, len: u64) -> Option<&GpuVa<D, P>> {
-        self.forest
-            .floor(addr)
-            .filter(|v| v.addr == addr && v.len == len)
+    pub fn find(&self, addr: u64, len: u64) -> Option<GpuVa<'_, D>> {
+        let (v, t) = self.vas.get(addr)?;
+        (v.len == len).then(|| GpuVa::new(v.mapping(addr, t), &v.data))
     }
 
-    /// The mapping exactly covering `[addr, addr + len)`, mutably (only its payload can change).
-    pub fn find_mut(&mut self, addr: u64, len: u64) -> Option<&mut GpuVa<D, P>> {
-        self.forest.get_mut(addr).filter(|v| v.len == len)
+    /// The payload of the mapping exactly covering `[addr, addr + len)`, mutably.
+    pub fn find_mut(&mut self, addr: u64, len: u64) -> Option<&mut D> {
+        let (v, _) = self.vas.get_mut(addr)?;
+        (v.len == len).then_some(&mut v.data)
+    }
+
+    /// Changes the flags of the mapping exactly covering `[addr, addr + len)`; returns the old
+    /// flags, or `None` if there is no such mapping. Flags never influence split/merge decisions.
+    pub fn set_flags(&mut self, addr: u64, len: u64, flags: VaFlags) -> Option<VaFlags> {
+        let (v, t) = self.vas.get_mut(addr)?;
+        if v.len != len {
+            return None;
+        }
+        Some(core::mem::replace(t, flags))
+    }
+
+    /// Sets or clears [`VaFlags::INVALIDATED`] on a mapping (`drm_gpuva_invalidate`); `false` if
+    /// there is no mapping exactly covering the range.
+    pub fn invalidate(&mut self, addr: u64, len: u64, invalidated: bool) -> bool {
+        let Some((v, t)) = self.vas.get_mut(addr) else {
+            return false;
+        };
+        if v.len != len {
+            return false;
+        }
+        let bits = if invalidated {
+            t.bits() | VaFlags::INVALIDATED.bits()
+        } else {
+            t.bits() & !VaFlags::INVALIDATED.bits()
+        };
+        *t = VaFlags::from_bits(bits);
+        true
     }
 
     /// The mapping containing `addr`, if any.
     #[must_use]
-    pub fn lookup(&self, addr: u64) -> Option<&GpuVa<D, P>> {
-        self.forest.floor(addr).filter(|v| addr < v.end())
+    pub fn lookup(&self, addr: u64) -> Option<GpuVa<'_, D>> {
+        let c = self.vas.floor(addr)?;
+        let (k, v, t) = c.get()?;
+        (addr - k < v.len).then(|| GpuVa::new(v.mapping(k, t), &v.data))
     }
 
     /// The lowest mapping overlapping `range` (`drm_gpuva_find_first`). `None` for an empty range.
     #[must_use]
-    pub fn find_first(&self, range: Range<u64>) -> Option<&GpuVa<D, P>> {
+    pub fn find_first(&self, range: Range<u64>) -> Option<GpuVa<'_, D>> {
         self.iter_range(range).next()
     }
 
@@ -301,314 +326,146 @@ impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P,
     /// Strict, unlike `drm_gpuva_find_prev`, which also returns a mapping that merely *starts* at
     /// `addr` when nothing covers `addr - 1`.
     #[must_use]
-    pub fn find_prev(&self, addr: u64) -> Option<&GpuVa<D, P>> {
-        let before = addr.checked_sub(1)?;
-        self.forest.floor(before).filter(|v| v.end() == addr)
+    pub fn find_prev(&self, addr: u64) -> Option<GpuVa<'_, D>> {
+        let va = self.lookup(addr.checked_sub(1)?)?;
+        (va.end() == addr).then_some(va)
     }
 
     /// The mapping that starts exactly at `addr`: the right neighbour of a range ending there.
     ///
     /// Strict, unlike `drm_gpuva_find_next`, which also returns a mapping starting at `addr + 1`.
     #[must_use]
-    pub fn find_next(&self, addr: u64) -> Option<&GpuVa<D, P>> {
-        self.forest.floor(addr).filter(|v| v.addr == addr)
+    pub fn find_next(&self, addr: u64) -> Option<GpuVa<'_, D>> {
+        let (v, t) = self.vas.get(addr)?;
+        Some(GpuVa::new(v.mapping(addr, t), &v.data))
     }
 
     /// All mappings in ascending address order.
-    pub fn iter(&self) -> impl Iterator<Item = &GpuVa<D, P>> + '_ {
-        // A live mapping never starts at u64::MAX: its end would overflow.
-        self.forest.iter(0, u64::MAX)
+    pub fn iter(&self) -> impl Iterator<Item = GpuVa<'_, D>> + '_ {
+        self.starting_in(0, u64::MAX)
+    }
+
+    /// The mappings that start in `[lo, hi)`, ascending; one descent, then O(1) per step.
+    fn starting_in(&self, lo: u64, hi: u64) -> impl Iterator<Item = GpuVa<'_, D>> + '_ {
+        let mut c = self.vas.seek(lo);
+        let mut started = false;
+        core::iter::from_fn(move || {
+            if started && !c.next() {
+                return None;
+            }
+            started = true;
+            let (k, v, t) = c.get()?;
+            (k < hi).then(|| GpuVa::new(v.mapping(k, t), &v.data))
+        })
     }
 
     /// The mappings overlapping `range`, in ascending address order (a mapping that straddles
-    /// `range.start` comes first).
-    pub fn iter_range(&self, range: Range<u64>) -> impl Iterator<Item = &GpuVa<D, P>> + '_ {
+    /// `range.start` comes first). O(log n + k).
+    pub fn iter_range(&self, range: Range<u64>) -> impl Iterator<Item = GpuVa<'_, D>> + '_ {
         let straddler = if range.is_empty() {
             None
         } else {
-            self.forest
-                .floor(range.start)
-                .filter(|v| v.addr < range.start && v.end() > range.start)
+            self.lookup(range.start).filter(|v| v.addr() < range.start)
         };
-        straddler
-            .into_iter()
-            .chain(self.forest.iter(range.start, range.end))
+        let rest = (!range.is_empty()).then(|| self.starting_in(range.start, range.end));
+        straddler.into_iter().chain(rest.into_iter().flatten())
     }
 
-    /// Depth of the deepest bucket treap (1 for a single mapping), for statistics and tests.
-    #[doc(hidden)]
-    #[must_use]
-    pub fn depth(&self) -> usize {
-        self.forest.depth()
-    }
-
-    /// Number of buckets in the directory.
-    #[must_use]
-    pub fn buckets(&self) -> usize {
-        self.forest.buckets()
-    }
-
-    /// Moves every mapping into a new bucket directory `dir`, fitted to the address window the
-    /// mappings occupy now, and hands back the old directory, empty.
+    /// Runs one request, applying each step through `visitor` (the step API, the run stage).
     ///
-    /// Moves nodes only, never allocates: allocate `dir` before taking the VM lock and free the old
-    /// directory after releasing it. Takes O(n log n) for n mappings. [`GpuVm::rebucket_advice`]
-    /// says when it is worth it.
+    /// Emits exactly drm_gpuvm's ops (see [`crate::sm`]). Node memory comes from `claim`, which
+    /// must cover [`GpuVm::nodes_for`]`(&req)` (checked first, so a request never fails halfway
+    /// for lack of nodes) and is used up by that much; removed payloads go to
+    /// [`SmVisitor::removed`]. Nothing allocates, nothing is freed. A map of an object needs the
+    /// object's link ([`GpuVm::link_obtain`] in prepare) unless the VA space keeps no links.
+    ///
+    /// Cost: O(log n + k) for k overlapped mappings, plus O(log n) per mapping with an object
+    /// for the object index.
     ///
     /// # Errors
     ///
-    /// `dir` itself with [`NewError::Directory`] if it is empty or holds nodes; nothing changed.
-    pub fn rebucket(&mut self, dir: B) -> Result<B, (B, NewError)> {
-        let (base, span) = self.fitted_window();
-        let mut forest = Forest::new(dir, base, span).map_err(|dir| (dir, NewError::Directory))?;
-        while let Some(node) = self.forest.pop_min() {
-            forest.insert(node);
-        }
-        Ok(core::mem::replace(&mut self.forest, forest).into_dir())
-    }
-
-    /// The bucket count [`GpuVm::rebucket`] would help with now, if any.
-    ///
-    /// Advises a power of two near one bucket per two mappings when the directory is less than half
-    /// or more than four times that, or when the mappings crowd into fewer than an eighth of the
-    /// buckets (the window no longer fits the mappings). A one-bucket VM with few mappings gets no
-    /// advice. Cheap: O(1).
-    #[must_use]
-    pub fn rebucket_advice(&self) -> Option<usize> {
-        let want = (self.count / 2).max(1).checked_next_power_of_two()?;
-        let have = self.forest.buckets();
-        if self.count < 64 && have == 1 {
-            return None;
-        }
-        let badly_sized = have < want / 2 || have > want.saturating_mul(4);
-        let crowded = self.count >= 64 && self.forest.occupied() < have.min(self.count) / 8;
-        (badly_sized || crowded).then_some(want)
-    }
-
-    /// The window the mappings occupy, or the whole VA space when there are none.
-    fn fitted_window(&self) -> (u64, u64) {
-        match (self.iter().next(), self.forest.last()) {
-            (Some(first), Some(last)) => (first.addr, last.end() - first.addr),
-            _ => (self.space.start, self.space.end - self.space.start),
-        }
-    }
-
-    /// Runs `sm_map` for `req`, applying each step through `visitor` (the step API).
-    ///
-    /// Emits exactly drm_gpuvm's ops (see [`crate::sm`]). New nodes come from `pool`, which must
-    /// hold at least [`MAX_MAP_NODES`] (checked first, so a request never fails halfway for lack of
-    /// nodes); removed nodes go to `retired`. Nothing allocates.
-    ///
-    /// # Errors
-    ///
-    /// * [`MapError::Range`], [`MapError::ReservationTooSmall`]: nothing changed.
-    /// * [`MapError::Visitor`]: the visitor failed; earlier steps stay applied, the tree is
+    /// * [`StepError::Range`], [`StepError::Foreign`], [`StepError::ReservationTooSmall`],
+    ///   [`StepError::NoLink`]: nothing changed.
+    /// * [`StepError::Visitor`]: the visitor failed; earlier steps stay applied, the tree is
     ///   consistent.
-    /// * [`MapError::ReservationExhausted`]: `pool` reported nodes it could not hand out.
-    pub fn sm_map<V: SmVisitor<D, P>>(
+    pub fn step<V: SmVisitor<D>>(
         &mut self,
-        req: Mapping,
-        pool: &mut impl NodePool<P>,
-        retired: &mut RetiredList<D, P>,
+        req: Request,
+        claim: &mut Claim,
         visitor: &mut V,
-    ) -> Result<(), MapError<V::Error>> {
-        self.check_range(req.addr, req.len)
-            .map_err(MapError::Range)?;
-        if pool.available() < MAX_MAP_NODES {
-            return Err(MapError::ReservationTooSmall {
-                needed: MAX_MAP_NODES,
-                available: pool.available(),
-            });
+    ) -> Result<(), StepError<V::Error>> {
+        let w = match req {
+            Request::Map(m) => {
+                self.check_range(m.addr, m.len).map_err(StepError::Range)?;
+                Walker::map(m)
+            }
+            Request::Unmap { addr, len } => {
+                let r = self.check_range(addr, len).map_err(StepError::Range)?;
+                Walker::unmap(r.start, r.end)
+            }
+        };
+        let need = self.bounds.for_request(&req);
+        self.check_claim(claim, need).map_err(|e| match e {
+            ClaimError::Foreign => StepError::Foreign,
+            ClaimError::Short { needed, available } => {
+                StepError::ReservationTooSmall { needed, available }
+            }
+        })?;
+        if let (true, Some(obj)) = (self.links_on, w.final_map().and_then(|m| m.obj)) {
+            if self.links.get(obj.get()).is_none() {
+                return Err(StepError::NoLink(obj));
+            }
         }
-        self.walk_apply(Walker::map(req), pool, retired, visitor)
-            .map_err(|e| match e {
-                WalkError::Exhausted => MapError::ReservationExhausted,
-                WalkError::Visitor(e) => MapError::Visitor(e),
-            })
+        self.consume(claim, need);
+        self.walk_apply(&w, visitor).map_err(StepError::Visitor)
     }
 
-    /// Runs `sm_unmap` for `[addr, addr + len)`, applying each step through `visitor`.
-    ///
-    /// Like [`GpuVm::sm_map`] without the final `Map`; `pool` must hold at least
-    /// [`MAX_UNMAP_NODES`]. Unmapping a range with no mappings is a successful no-op.
+    /// [`GpuVm::step`] of a map with the built-in [`Apply`](crate::Apply) visitor: the new
+    /// mapping gets `D::default()`.
     ///
     /// # Errors
     ///
-    /// As [`GpuVm::sm_map`].
-    pub fn sm_unmap<V: SmVisitor<D, P>>(
-        &mut self,
-        addr: u64,
-        len: u64,
-        pool: &mut impl NodePool<P>,
-        retired: &mut RetiredList<D, P>,
-        visitor: &mut V,
-    ) -> Result<(), UnmapError<V::Error>> {
-        let r = self.check_range(addr, len).map_err(UnmapError::Range)?;
-        if pool.available() < MAX_UNMAP_NODES {
-            return Err(UnmapError::ReservationTooSmall {
-                needed: MAX_UNMAP_NODES,
-                available: pool.available(),
-            });
-        }
-        self.walk_apply(Walker::unmap(r.start, r.end), pool, retired, visitor)
-            .map_err(|e| match e {
-                WalkError::Exhausted => UnmapError::ReservationExhausted,
-                WalkError::Visitor(e) => UnmapError::Visitor(e),
-            })
-    }
-
-    /// [`GpuVm::sm_map`] with the built-in [`Apply`] visitor: the new mapping gets `D::default()`.
-    ///
-    /// # Errors
-    ///
-    /// As [`GpuVm::sm_map`] (the visitor cannot fail).
-    pub fn map(
-        &mut self,
-        req: Mapping,
-        pool: &mut impl NodePool<P>,
-        retired: &mut RetiredList<D, P>,
-    ) -> Result<(), MapError>
+    /// As [`GpuVm::step`] (the visitor cannot fail).
+    pub fn map(&mut self, req: Mapping, claim: &mut Claim) -> Result<(), StepError>
     where
         D: Clone + Default,
     {
-        self.sm_map(req, pool, retired, &mut Apply::default())
+        self.step(Request::Map(req), claim, &mut crate::Apply::default())
     }
 
-    /// [`GpuVm::sm_unmap`] with the built-in [`Apply`] visitor.
+    /// [`GpuVm::step`] of an unmap with the built-in [`Apply`](crate::Apply) visitor.
     ///
     /// # Errors
     ///
-    /// As [`GpuVm::sm_unmap`] (the visitor cannot fail).
-    pub fn unmap(
-        &mut self,
-        addr: u64,
-        len: u64,
-        pool: &mut impl NodePool<P>,
-        retired: &mut RetiredList<D, P>,
-    ) -> Result<(), UnmapError>
+    /// As [`GpuVm::step`] (the visitor cannot fail).
+    pub fn unmap(&mut self, addr: u64, len: u64, claim: &mut Claim) -> Result<(), StepError>
     where
         D: Clone + Default,
     {
-        self.sm_unmap(addr, len, pool, retired, &mut Apply::default())
+        self.step(Request::Unmap { addr, len }, claim, &mut crate::Apply::default())
     }
 
-    /// Records the ops `sm_map(req)` would produce, in order, without changing anything.
-    ///
-    /// Works without any allocator: `sink` decides where the ops go.
+    /// Records the ops `req` would produce, in order, into `sink`, without changing anything;
+    /// returns the [`Plan`] to apply later. Works without any allocator.
     ///
     /// # Errors
     ///
     /// [`OpsError::Range`] for an invalid request; [`OpsError::Sink`] with the sink's error.
-    pub fn sm_map_walk<E>(
+    pub fn walk<E>(
         &self,
-        req: Mapping,
+        req: Request,
         mut sink: impl FnMut(Op) -> Result<(), E>,
-    ) -> Result<(), OpsError<E>> {
-        self.check_range(req.addr, req.len)
-            .map_err(OpsError::Range)?;
-        let w = Walker::map(req);
-        self.walk_read(&w, &mut sink)?;
-        sink(Op::Map(req)).map_err(OpsError::Sink)
-    }
-
-    /// Records the ops `sm_unmap(addr, len)` would produce, in order, without changing anything.
-    ///
-    /// # Errors
-    ///
-    /// As [`GpuVm::sm_map_walk`].
-    pub fn sm_unmap_walk<E>(
-        &self,
-        addr: u64,
-        len: u64,
-        mut sink: impl FnMut(Op) -> Result<(), E>,
-    ) -> Result<(), OpsError<E>> {
-        let r = self.check_range(addr, len).map_err(OpsError::Range)?;
-        self.walk_read(&Walker::unmap(r.start, r.end), &mut sink)
-    }
-
-    /// Records `sm_map(req)` into an [`OpList`](crate::OpList) (feature `alloc`; allocation is
-    /// fallible).
-    ///
-    /// # Errors
-    ///
-    /// [`OpsError::Range`], or [`OpsError::Sink`] with [`crate::AllocError`].
-    #[cfg(feature = "alloc")]
-    pub fn sm_map_ops(&self, req: Mapping) -> Result<crate::OpList, OpsError> {
-        let mut ops = alloc::vec::Vec::new();
-        self.sm_map_walk(req, |op| push_op(&mut ops, op))?;
-        Ok(crate::OpList {
-            request: crate::Request::Map(req),
-            vm: self.id,
-            generation: self.generation,
-            ops,
-        })
-    }
-
-    /// Records `sm_unmap(addr, len)` into an [`OpList`](crate::OpList) (feature `alloc`).
-    ///
-    /// # Errors
-    ///
-    /// As [`GpuVm::sm_map_ops`].
-    #[cfg(feature = "alloc")]
-    pub fn sm_unmap_ops(&self, addr: u64, len: u64) -> Result<crate::OpList, OpsError> {
-        let mut ops = alloc::vec::Vec::new();
-        self.sm_unmap_walk(addr, len, |op| push_op(&mut ops, op))?;
-        Ok(crate::OpList {
-            request: crate::Request::Unmap { addr, len },
-            vm: self.id,
-            generation: self.generation,
-            ops,
-        })
-    }
-
-    /// Applies a recorded op list through `visitor`, which sees exactly the recorded ops.
-    ///
-    /// # Errors
-    ///
-    /// [`ApplyError::Foreign`] if the list was recorded on another VA space, [`ApplyError::Stale`]
-    /// if this one changed since (nothing changes in either case); otherwise the errors of
-    /// [`GpuVm::sm_map`] / [`GpuVm::sm_unmap`].
-    #[cfg(feature = "alloc")]
-    pub fn apply_ops<V: SmVisitor<D, P>>(
-        &mut self,
-        ops: &crate::OpList,
-        pool: &mut impl NodePool<P>,
-        retired: &mut RetiredList<D, P>,
-        visitor: &mut V,
-    ) -> Result<(), ApplyError<V::Error>> {
-        if ops.vm != self.id {
-            return Err(ApplyError::Foreign);
-        }
-        if ops.generation != self.generation {
-            return Err(ApplyError::Stale);
-        }
-        match ops.request {
-            crate::Request::Map(req) => self
-                .sm_map(req, pool, retired, visitor)
-                .map_err(ApplyError::Map),
-            crate::Request::Unmap { addr, len } => self
-                .sm_unmap(addr, len, pool, retired, visitor)
-                .map_err(ApplyError::Unmap),
-        }
-    }
-
-    /// Removes every mapping into `retired` (VM teardown). Never allocates.
-    pub fn clear(&mut self, retired: &mut RetiredList<D, P>) {
-        while let Some(node) = self.forest.pop_min() {
-            retired.push(GpuVaRemoved::new(node));
-        }
-        if self.count != 0 {
-            self.generation = self.generation.wrapping_add(1);
-        }
-        self.count = 0;
-    }
-
-    /// The read-only walk: feeds the overlapping mappings to the walker, records its decisions.
-    fn walk_read<E>(
-        &self,
-        w: &Walker,
-        sink: &mut impl FnMut(Op) -> Result<(), E>,
-    ) -> Result<(), OpsError<E>> {
+    ) -> Result<Plan, OpsError<E>> {
+        let w = match req {
+            Request::Map(m) => {
+                self.check_range(m.addr, m.len).map_err(OpsError::Range)?;
+                Walker::map(m)
+            }
+            Request::Unmap { addr, len } => {
+                let r = self.check_range(addr, len).map_err(OpsError::Range)?;
+                Walker::unmap(r.start, r.end)
+            }
+        };
         let (a0, e0) = w.bounds();
         for v in self.iter_range(a0..e0) {
             let m = v.mapping();
@@ -623,212 +480,512 @@ impl<D, P: NodePtr<D>, B: core::ops::DerefMut<Target = [Option<P>]>> GpuVm<D, P,
             };
             sink(op).map_err(OpsError::Sink)?;
         }
-        Ok(())
+        if let Some(m) = w.final_map() {
+            sink(Op::Map(m)).map_err(OpsError::Sink)?;
+        }
+        Ok(Plan {
+            request: req,
+            vm: self.id,
+            generation: self.generation,
+            nodes: self.bounds.for_request(&req),
+        })
+    }
+
+    /// [`GpuVm::walk`] for a map request.
+    ///
+    /// # Errors
+    ///
+    /// As [`GpuVm::walk`].
+    pub fn sm_map_walk<E>(
+        &self,
+        req: Mapping,
+        sink: impl FnMut(Op) -> Result<(), E>,
+    ) -> Result<Plan, OpsError<E>> {
+        self.walk(Request::Map(req), sink)
+    }
+
+    /// [`GpuVm::walk`] for an unmap request.
+    ///
+    /// # Errors
+    ///
+    /// As [`GpuVm::walk`].
+    pub fn sm_unmap_walk<E>(
+        &self,
+        addr: u64,
+        len: u64,
+        sink: impl FnMut(Op) -> Result<(), E>,
+    ) -> Result<Plan, OpsError<E>> {
+        self.walk(Request::Unmap { addr, len }, sink)
+    }
+
+    /// Records `sm_map(req)` into an [`OpList`](crate::OpList) (feature `alloc`; allocation is
+    /// fallible).
+    ///
+    /// # Errors
+    ///
+    /// [`OpsError::Range`], or [`OpsError::Sink`] with [`crate::AllocError`].
+    #[cfg(feature = "alloc")]
+    pub fn sm_map_ops(&self, req: Mapping) -> Result<crate::OpList, OpsError> {
+        self.ops(Request::Map(req))
+    }
+
+    /// Records `sm_unmap(addr, len)` into an [`OpList`](crate::OpList) (feature `alloc`).
+    ///
+    /// # Errors
+    ///
+    /// As [`GpuVm::sm_map_ops`].
+    #[cfg(feature = "alloc")]
+    pub fn sm_unmap_ops(&self, addr: u64, len: u64) -> Result<crate::OpList, OpsError> {
+        self.ops(Request::Unmap { addr, len })
+    }
+
+    #[cfg(feature = "alloc")]
+    fn ops(&self, req: Request) -> Result<crate::OpList, OpsError> {
+        let mut ops = alloc::vec::Vec::new();
+        let plan = self.walk(req, |op| {
+            ops.try_reserve(1).map_err(|_| crate::AllocError)?;
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "capacity reserved fallibly just above"
+            )]
+            ops.push(op);
+            Ok(())
+        })?;
+        Ok(crate::OpList { plan, ops })
+    }
+
+    /// Applies a recorded plan through `visitor`, which sees exactly the recorded ops.
+    ///
+    /// # Errors
+    ///
+    /// [`ApplyError::Foreign`] if the plan was recorded on another VA space, [`ApplyError::Stale`]
+    /// if this one changed since (nothing changes in either case); otherwise the errors of
+    /// [`GpuVm::step`].
+    pub fn apply_plan<V: SmVisitor<D>>(
+        &mut self,
+        plan: &Plan,
+        claim: &mut Claim,
+        visitor: &mut V,
+    ) -> Result<(), ApplyError<V::Error>> {
+        if plan.vm != self.id {
+            return Err(ApplyError::Foreign);
+        }
+        if plan.generation != self.generation {
+            return Err(ApplyError::Stale);
+        }
+        self.step(plan.request, claim, visitor)
+            .map_err(ApplyError::Step)
+    }
+
+    /// Applies a recorded op list (feature `alloc`): [`GpuVm::apply_plan`] of its plan.
+    ///
+    /// # Errors
+    ///
+    /// As [`GpuVm::apply_plan`].
+    #[cfg(feature = "alloc")]
+    pub fn apply_ops<V: SmVisitor<D>>(
+        &mut self,
+        ops: &crate::OpList,
+        claim: &mut Claim,
+        visitor: &mut V,
+    ) -> Result<(), ApplyError<V::Error>> {
+        self.apply_plan(&ops.plan, claim, visitor)
+    }
+
+    /// Removes every mapping (VM teardown), handing each one and its payload to `each`, in address
+    /// order. Never allocates; O(n), constant stack. Nodes go to the spare cache
+    /// ([`GpuVm::trim`] hands them out); links left without mappings become zombies.
+    pub fn clear(&mut self, mut each: impl FnMut(Mapping, D)) {
+        if self.vas.len() == 0 {
+            return;
+        }
+        let mut out = NodeBag::new();
+        self.vas
+            .clear(&mut out, |k, v: VaVal<D>, t| each(v.mapping(k, t), v.data));
+        self.objs.clear(&mut out, |_, (), ()| {});
+        self.spare.append(&mut out);
+        let zombies = &mut self.zombies;
+        self.links.for_each_mut(|k, rec, state| {
+            rec.maps = 0;
+            queue_zombie(zombies, k, rec, state);
+        });
+        self.generation = self.generation.wrapping_add(1);
     }
 
     /// The mutating walk: visits the overlapping mappings in place, in order, lets the visitor
-    /// decide each step, and carries it out (removal, in-place remap, or insertion).
+    /// decide each step, and carries it out.
     ///
     /// # Invariants
     ///
-    /// The request was validated and `pool` reported enough nodes for the worst case.
-    fn walk_apply<V: SmVisitor<D, P>>(
-        &mut self,
-        w: Walker,
-        pool: &mut impl NodePool<P>,
-        retired: &mut RetiredList<D, P>,
-        visitor: &mut V,
-    ) -> Result<(), WalkError<V::Error>> {
+    /// The request was validated, its claim covered its bound, a map's object has a link.
+    fn walk_apply<V: SmVisitor<D>>(&mut self, w: &Walker, visitor: &mut V) -> Result<(), V::Error> {
         let (a0, e0) = w.bounds();
-        let mut result = Ok(());
         let mut changed = false;
+        // The `next` piece of a mapping that contains the whole request (case B3), inserted after
+        // the walk: (the old mapping's start, the piece, its payload).
+        let mut split_next: Option<(u64, Mapping, D)> = None;
 
-        // Visit the overlapping mappings in place, in ascending order: the first may start below
-        // a0 and straddle it; the others start in [a0, e0). A visited mapping leaves [a0, e0)
-        // (removed, shrunk to its prev piece, or moved to its next piece at e0), so looking for
-        // the first mapping in [a0, e0) again finds the next one.
+        // 1. A mapping starting below a0 and reaching past it: shrinks in place to its prev piece.
         let straddler = self
-            .forest
+            .vas
             .floor(a0)
-            .filter(|v| v.addr < a0 && v.end() > a0)
-            .map(|v| v.addr);
-        let mut key = straddler.or_else(|| self.forest.first_in(a0, e0).map(|v| v.addr));
-        while let Some(k) = key {
-            let Some(node) = self.forest.get(k) else {
-                debug_assert!(false, "visited key vanished");
-                break;
+            .and_then(|c| c.get())
+            .filter(|(k, v, _)| *k < a0 && a0 - *k < v.len)
+            .map(|(k, v, t)| v.mapping(k, t));
+        if let Some(old) = straddler {
+            let Step::Remap { keep, prev, next } = w.step(&old) else {
+                debug_assert!(false, "a straddler always keeps a prev piece");
+                return Ok(());
             };
             let mut pending = Pending::None;
-            let r = match w.step(&node.mapping()) {
-                Step::Unmap { keep } => visitor
-                    .step_unmap(OpUnmap {
-                        pending: &mut pending,
-                        node,
-                        keep,
-                        _inv: PhantomData,
-                    })
-                    .map(drop),
-                Step::Remap { keep, prev, next } => visitor
+            let r = match self.vas.get(old.addr) {
+                Some((v, _)) => visitor
                     .step_remap(OpRemap {
                         pending: &mut pending,
-                        node,
+                        node: GpuVa::new(old, &v.data),
                         keep,
                         prev,
                         next,
                         _inv: PhantomData,
                     })
                     .map(drop),
+                None => Ok(()),
             };
-            let applied = match pending {
-                Pending::Unmap => match self.forest.remove(k) {
-                    Some(node) => {
-                        retired.push(GpuVaRemoved::new(node));
-                        self.count -= 1;
-                        true
-                    }
-                    None => false,
-                },
-                Pending::Remap { prev, next } => self.remap_in_place(k, prev, next, pool, retired),
-                // Not applied: only possible when the visitor failed (`Map` cannot come from these
-                // ops). The mapping was never touched.
-                Pending::None | Pending::Map(_) => false,
-            };
-            changed |= applied;
-            match (r, applied) {
-                (Err(e), _) => {
-                    result = Err(WalkError::Visitor(e));
-                    break;
+            r?;
+            if let Pending::Remap {
+                prev: Some((pm, pd)),
+                next,
+            } = pending
+            {
+                if let Some((v, t)) = self.vas.get_mut(old.addr) {
+                    v.len = pm.len;
+                    *t = pm.flags;
+                    let old_data = core::mem::replace(&mut v.data, pd);
+                    visitor.removed(old, old_data);
+                    changed = true;
                 }
-                (Ok(()), false) => {
-                    result = Err(WalkError::Exhausted);
-                    break;
-                }
-                (Ok(()), true) => {}
+                split_next = next.map(|(nm, nd)| (old.addr, nm, nd));
             }
-            key = self.forest.first_in(a0, e0).map(|v| v.addr);
         }
 
-        if let (Ok(()), Some(req)) = (&result, w.final_map()) {
+        // 2. Mappings starting inside the request: removed, the last one possibly re-keyed to e0.
+        let mut rv = WalkVisit {
+            w,
+            visitor,
+            objs: &mut self.objs,
+            links: &mut self.links,
+            links_on: self.links_on,
+            zombies: &mut self.zombies,
+            retired: NodeBag::new(),
+            err: None,
+            changed: false,
+        };
+        if split_next.is_none() {
+            self.vas.walk_range(a0, e0, &mut rv, &mut self.spare);
+        }
+        let WalkVisit {
+            err,
+            changed: walked,
+            mut retired,
+            ..
+        } = rv;
+        self.spare.append(&mut retired);
+        changed |= walked;
+
+        // 3. The new mapping, then the split's next piece.
+        let mut err = err;
+        let mut new: Option<(Mapping, D)> = None;
+        if let (None, Some(req)) = (&err, w.final_map()) {
             let mut pending = Pending::None;
-            let r = visitor
-                .step_map(OpMap {
-                    pending: &mut pending,
-                    mapping: req,
-                    _node: PhantomData,
-                    _inv: PhantomData,
-                })
-                .map(drop);
-            if let Pending::Map(data) = pending {
-                match pool.take() {
-                    Some(mut n) => {
-                        n.set(&req, self.rng.next_u32(), data);
-                        self.forest.insert(n);
-                        self.count += 1;
-                        changed = true;
+            let r = visitor.step_map(OpMap {
+                pending: &mut pending,
+                mapping: req,
+                _inv: PhantomData,
+            });
+            match r {
+                Err(e) => err = Some(e),
+                Ok(_) => {
+                    if let Pending::Map(data) = pending {
+                        new = Some((req, data));
                     }
-                    None => result = Err(WalkError::Exhausted),
                 }
             }
-            if let Err(e) = r {
-                result = Err(WalkError::Visitor(e));
+        }
+        let bump = e0.checked_add(1);
+        let mut items: Items<u64, VaVal<D>, VaFlags> = Items::new();
+        let mut route = a0;
+        let mut link_updates: [Option<(u64, u64)>; 2] = [None, None];
+        if let Some((m, data)) = new {
+            items.push((m.addr, val(&m, data), m.flags));
+            link_updates[0] = m.obj.map(|o| (o.get(), m.addr));
+        }
+        let mut pair_bump = None;
+        if let Some((anchor, nm, nd)) = split_next {
+            if !items.is_empty() {
+                // Both new entries go right after the old mapping's start: one leaf operation.
+                route = anchor;
+                pair_bump = bump;
+            } else {
+                route = nm.addr;
+            }
+            items.push((nm.addr, val(&nm, nd), nm.flags));
+            link_updates[1] = nm.obj.map(|o| (o.get(), nm.addr));
+        }
+        if !items.is_empty() {
+            if self
+                .vas
+                .insert(route, items, pair_bump, &mut self.spare)
+                .is_err()
+            {
+                debug_assert!(false, "mapping insert ran out of claimed nodes");
+            }
+            changed = true;
+            if self.links_on {
+                for (o, addr) in link_updates.into_iter().flatten() {
+                    let mut one = Items::new();
+                    one.push(((o, addr), (), ()));
+                    if self.objs.insert((o, addr), one, None, &mut self.spare).is_err() {
+                        debug_assert!(false, "object index insert ran out of claimed nodes");
+                    }
+                    if let Some((rec, _)) = self.links.get_mut(o) {
+                        rec.maps += 1;
+                    }
+                }
             }
         }
         if changed {
             self.generation = self.generation.wrapping_add(1);
         }
-        result
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
-    /// Carries out a `Remap` of the mapping starting at `k` without taking it out of the tree where
-    /// possible: the `prev` piece keeps the old key, so the node stays in place and only shrinks;
-    /// a `next`-only piece moves the key forward within the node's bucket without reordering
-    /// anything (no other mapping starts inside the old one). A fresh node from `pool` carries the
-    /// old mapping and payload to `retired`, so the node accounting is exactly that of drm_gpuvm:
-    /// one new node per piece, the old mapping retired.
+    /// Checks the structure (B+tree shape and occupancy, key order, counts, object index and link
+    /// counts against the mappings). For tests; O(n).
     ///
-    /// Returns `false`, changing nothing, if `pool` cannot supply the nodes.
-    fn remap_in_place(
-        &mut self,
-        k: u64,
-        prev: Option<(Mapping, D)>,
-        next: Option<(Mapping, D)>,
-        pool: &mut impl NodePool<P>,
-        retired: &mut RetiredList<D, P>,
-    ) -> bool {
-        let want = usize::from(prev.is_some()) + usize::from(next.is_some());
-        let (a, b) = (pool.take(), if want == 2 { pool.take() } else { None });
-        if a.is_none() || (want == 2 && b.is_none()) || want == 0 {
-            // A pool that lied about its size: hand whatever it gave to cleanup, change nothing.
-            for stray in [a, b].into_iter().flatten() {
-                retired.push(GpuVaRemoved::new(stray));
-            }
-            debug_assert!(want > 0, "a remap without pieces");
-            return false;
+    /// # Errors
+    ///
+    /// A description of the first broken invariant.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), &'static str> {
+        self.vas.check()?;
+        self.objs.check()?;
+        self.links.check()?;
+        if self.spare.len() < self.claimed {
+            return Err("spare cache below claimed nodes");
         }
-        let Some(mut carrier) = a else { return false };
-        let next_in_place = next
-            .as_ref()
-            .is_some_and(|(nm, _)| self.forest.same_bucket(k, nm.addr));
-        let Some(node) = self.forest.get_mut(k) else {
-            retired.push(GpuVaRemoved::new(carrier));
-            return false;
+        let mut prev_end = None;
+        let mut with_obj = 0;
+        for va in self.iter() {
+            if va.length() == 0 || va.addr().checked_add(va.length()).is_none() {
+                return Err("empty or overflowing mapping");
+            }
+            if prev_end.is_some_and(|e| va.addr() < e) {
+                return Err("overlapping mappings");
+            }
+            if self.check_range(va.addr(), va.length()).is_err() {
+                return Err("mapping outside the space, in the cut-out or unaligned");
+            }
+            prev_end = Some(va.end());
+            if let (true, Some(o)) = (self.links_on, va.obj()) {
+                with_obj += 1;
+                if self.objs.get((o.get(), va.addr())).is_none() {
+                    return Err("mapping missing from the object index");
+                }
+            }
+        }
+        if self.links_on {
+            if self.objs.len() != with_obj {
+                return Err("object index has entries without mappings");
+            }
+            let mut c = self.links.first();
+            let mut ok = c.get().is_some();
+            while ok {
+                if let Some((k, rec, _)) = c.get() {
+                    let n = self.objs.seek((k, 0));
+                    let mut count = 0u64;
+                    let mut n = n;
+                    while n.key().is_some_and(|key| key.0 == k) {
+                        count += 1;
+                        if !n.next() {
+                            break;
+                        }
+                    }
+                    if count != rec.maps {
+                        return Err("link mapping count differs from the object index");
+                    }
+                }
+                ok = c.next();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn val<D>(m: &Mapping, data: D) -> VaVal<D> {
+    VaVal {
+        len: m.len,
+        offset: m.offset,
+        obj: m.obj,
+        data,
+    }
+}
+
+/// Queues an idle link on the zombie chain.
+pub(crate) fn queue_zombie<L>(head: &mut u64, key: u64, rec: &mut LinkRec<L>, state: &mut LinkState) {
+    if rec.maps == 0 && rec.pins == 0 && !state.queued() {
+        state.set_queued(true);
+        rec.next_zombie = *head;
+        *head = key;
+    }
+}
+
+/// The range walk's callbacks: decisions for mappings starting inside the request.
+struct WalkVisit<'a, D, L, P: NodePtr<D, L>, V: SmVisitor<D>> {
+    w: &'a Walker,
+    visitor: &'a mut V,
+    objs: &'a mut ObjTree<D, L, P>,
+    links: &'a mut LinkTree<D, L, P>,
+    links_on: bool,
+    zombies: &'a mut u64,
+    /// Nodes the object index gave back, for the spare cache.
+    retired: NodeBag<D, L, P>,
+    err: Option<V::Error>,
+    changed: bool,
+}
+
+impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> RangeVisit<u64, VaVal<D>, VaFlags>
+    for WalkVisit<'_, D, L, P, V>
+{
+    fn visit(&mut self, k: u64, v: &mut VaVal<D>, t: &mut VaFlags) -> Act<u64> {
+        if self.err.is_some() {
+            return Act::Stop;
+        }
+        let old = v.mapping(k, *t);
+        let mut pending = Pending::None;
+        let r = match self.w.step(&old) {
+            Step::Unmap { keep } => self
+                .visitor
+                .step_unmap(OpUnmap {
+                    pending: &mut pending,
+                    node: GpuVa::new(old, &v.data),
+                    keep,
+                    _inv: PhantomData,
+                })
+                .map(drop),
+            Step::Remap { keep, prev, next } => self
+                .visitor
+                .step_remap(OpRemap {
+                    pending: &mut pending,
+                    node: GpuVa::new(old, &v.data),
+                    keep,
+                    prev,
+                    next,
+                    _inv: PhantomData,
+                })
+                .map(drop),
         };
-        let old = node.mapping();
-        match (prev, next) {
-            (Some((pm, pd)), next) => {
-                // The node becomes its prev piece, in place.
-                let old_data = core::mem::replace(&mut node.data, pd);
-                node.set_mapping(&pm);
-                carrier.set(&old, 0, old_data);
-                retired.push(GpuVaRemoved::new(carrier));
-                if let (Some((nm, nd)), Some(mut n)) = (next, b) {
-                    n.set(&nm, self.rng.next_u32(), nd);
-                    self.forest.insert(n);
-                    self.count += 1;
+        if let Err(e) = r {
+            self.err = Some(e);
+            return Act::Stop;
+        }
+        match pending {
+            Pending::Unmap => Act::Remove,
+            Pending::Remap {
+                prev: None,
+                next: Some((nm, nd)),
+            } => {
+                // The mapping moves its start to e0, in place: nothing else starts in between.
+                v.len = nm.len;
+                v.offset = nm.offset;
+                *t = nm.flags;
+                let old_data = core::mem::replace(&mut v.data, nd);
+                self.visitor.removed(old, old_data);
+                if let (true, Some(o)) = (self.links_on, old.obj) {
+                    let o = o.get();
+                    let moved = self
+                        .objs
+                        .rekey((o, k), (o, nm.addr), (o, nm.addr.saturating_add(1)));
+                    debug_assert!(moved, "object index lost a mapping");
                 }
+                self.changed = true;
+                Act::Rekey(nm.addr)
             }
-            (None, Some((nm, nd))) if next_in_place => {
-                // The node becomes its next piece, in place: its key grows from `k` to `nm.addr`,
-                // and no other mapping starts in between (it would overlap the old one).
-                let old_data = core::mem::replace(&mut node.data, nd);
-                node.set_mapping(&nm);
-                carrier.set(&old, 0, old_data);
-                retired.push(GpuVaRemoved::new(carrier));
-            }
-            (None, Some((nm, nd))) => {
-                if let Some(old_node) = self.forest.remove(k) {
-                    retired.push(GpuVaRemoved::new(old_node));
-                }
-                carrier.set(&nm, self.rng.next_u32(), nd);
-                self.forest.insert(carrier);
-            }
-            (None, None) => {
-                retired.push(GpuVaRemoved::new(carrier));
-                return false;
+            _ => {
+                debug_assert!(false, "a mapping starting inside the request has no prev piece");
+                Act::Stop
             }
         }
-        true
+    }
+
+    fn removed(&mut self, k: u64, v: VaVal<D>, t: VaFlags) {
+        let m = v.mapping(k, t);
+        if let (true, Some(o)) = (self.links_on, m.obj) {
+            let o = o.get();
+            let gone = self.objs.remove((o, k), &mut self.retired);
+            debug_assert!(gone.is_some(), "object index lost a mapping");
+            if let Some((rec, state)) = self.links.get_mut(o) {
+                rec.maps = rec.maps.saturating_sub(1);
+                queue_zombie(self.zombies, o, rec, state);
+            }
+        }
+        self.changed = true;
+        self.visitor.removed(m, v.data);
     }
 }
 
 #[cfg(feature = "alloc")]
-fn push_op(ops: &mut alloc::vec::Vec<Op>, op: Op) -> Result<(), crate::AllocError> {
-    ops.try_reserve(1).map_err(|_| crate::AllocError)?;
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "capacity reserved fallibly just above"
-    )]
-    ops.push(op);
-    Ok(())
+impl<D, L> GpuVm<D, crate::BoxNode<D, L>, L> {
+    /// Allocates the [`GpuVm::shortfall`] on the heap and claims `need` nodes (feature `alloc`):
+    /// prepare in one call, for code that does not split allocation from the VM lock.
+    ///
+    /// # Errors
+    ///
+    /// [`AllocError`](crate::AllocError); nothing changed.
+    pub fn reserve_boxed(&mut self, need: usize) -> Result<Claim, crate::AllocError> {
+        let mut bag = NodeBag::try_alloc(self.shortfall(need))?;
+        self.reserve(need, &mut bag).map_err(|_| crate::AllocError)
+    }
 }
 
-impl<D, P: NodePtr<D>, B> fmt::Debug for GpuVm<D, P, B> {
+impl<D, P: NodePtr<D, L>, L> Drop for GpuVm<D, P, L> {
+    fn drop(&mut self) {
+        // Iterative teardown: every node ends up in one bag, which drops them one at a time.
+        let mut out = NodeBag::new();
+        self.vas.clear(&mut out, |_, _, _| {});
+        self.objs.clear(&mut out, |_, _, _| {});
+        self.links.clear(&mut out, |_, _, _| {});
+        out.append(&mut self.spare);
+    }
+}
+
+impl<D, P: NodePtr<D, L>, L> fmt::Debug for GpuVm<D, P, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GpuVm")
             .field("range", &self.space)
             .field("reserved", &self.reserved)
-            .field("mappings", &self.count)
+            .field("granule", &self.granule)
+            .field("mappings", &self.vas.len())
+            .field("links", &self.links.len())
+            .field("spare", &self.spare.len())
+            .field("claimed", &self.claimed)
             .field("generation", &self.generation)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `GpuVm` is small enough to live on a kernel stack or inside a driver's VM struct.
+    #[test]
+    fn gpuvm_is_small() {
+        let size = core::mem::size_of::<GpuVm<(), crate::RefNode<'static, ()>>>();
+        if core::mem::size_of::<usize>() == 8 {
+            assert!(size <= 256, "GpuVm is {size} bytes");
+        }
     }
 }

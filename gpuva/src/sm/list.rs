@@ -58,15 +58,39 @@ pub enum Request {
     },
 }
 
+/// What applying a recorded request needs: the request, the VA space and state it was recorded
+/// against, and its node bound. Core-only: the ops themselves go wherever the recording sink put
+/// them ([`GpuVm::sm_map_walk`](crate::GpuVm::sm_map_walk)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub(crate) request: Request,
+    /// The VA space it was recorded on.
+    pub(crate) vm: usize,
+    pub(crate) generation: u64,
+    pub(crate) nodes: usize,
+}
+
+impl Plan {
+    /// The request.
+    #[must_use]
+    pub fn request(&self) -> Request {
+        self.request
+    }
+
+    /// Nodes a claim must hold for [`GpuVm::apply_plan`](crate::GpuVm::apply_plan): exactly what
+    /// it checks.
+    #[must_use]
+    pub fn nodes_needed(&self) -> usize {
+        self.nodes
+    }
+}
+
 /// A recorded op list (feature `alloc`): walk it as often as needed, then apply it with
 /// [`GpuVm::apply_ops`](crate::GpuVm::apply_ops) while the VA space is unchanged.
 #[cfg(feature = "alloc")]
 #[derive(Clone, Debug)]
 pub struct OpList {
-    pub(crate) request: Request,
-    /// The VA space it was recorded on.
-    pub(crate) vm: usize,
-    pub(crate) generation: u64,
+    pub(crate) plan: Plan,
     pub(crate) ops: alloc::vec::Vec<Op>,
 }
 
@@ -75,7 +99,13 @@ impl OpList {
     /// The request the list was recorded for.
     #[must_use]
     pub fn request(&self) -> Request {
-        self.request
+        self.plan.request
+    }
+
+    /// The plan to apply.
+    #[must_use]
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     /// The ops, in the order the walker produced them.
@@ -101,19 +131,11 @@ impl OpList {
         self.ops.is_empty()
     }
 
-    /// How many nodes applying the list will take from the pool (new mapping and pieces).
+    /// Nodes a claim must hold for [`GpuVm::apply_ops`](crate::GpuVm::apply_ops): exactly what
+    /// it checks (the request's bound, not the nodes these particular ops end up using).
     #[must_use]
     pub fn nodes_needed(&self) -> usize {
-        self.ops
-            .iter()
-            .map(|op| match op {
-                Op::Map(_) => 1,
-                Op::Remap { prev, next, .. } => {
-                    usize::from(prev.is_some()) + usize::from(next.is_some())
-                }
-                Op::Unmap { .. } => 0,
-            })
-            .sum()
+        self.plan.nodes
     }
 }
 

@@ -1,10 +1,10 @@
-//! Split and merge: the one walker behind [`GpuVm::sm_map`](crate::GpuVm::sm_map) and
-//! [`GpuVm::sm_unmap`](crate::GpuVm::sm_unmap), in both of its uses.
+//! Split and merge: the one walker behind [`GpuVm::step`](crate::GpuVm::step) and the op-list
+//! recorders, in both of its uses.
 //!
 //! # What the walker emits
 //!
 //! Exactly what drm_gpuvm's `__drm_gpuvm_sm_map` / `__drm_gpuvm_sm_unmap` emit
-//! (`gpuvm-semantics.md` sections 2.2-2.4): for every existing mapping `V` that overlaps the request
+//! (`docs/semantics.md` in the repository): for every existing mapping `V` that overlaps the request
 //! `R = [a0, e0)`, in ascending address order, one `Unmap` (V has no piece left) or one `Remap`
 //! (V leaves a `prev` piece below `a0` and/or a `next` piece above `e0`); then, for a map request,
 //! one `Map(R)` last. Merely adjacent mappings are never touched.
@@ -96,21 +96,24 @@
 //!    Test:  sm::tests::case_c3_overlap_end
 //! ```
 //!
-//! The worked examples of `gpuvm-semantics.md` (E1-E14, U1-U5) each have a test of the same name in
-//! `sm::tests` asserting the exact op sequence and the resulting tree.
+//! The worked examples of `docs/semantics.md` (E1-E14, U1-U5) each have a test in `sm::tests`
+//! named after them (`e1_exact_match_same_backing` ... `u5_unmap_hole_is_a_noop`), asserting the
+//! exact op sequence and the resulting tree.
 //!
 //! # Two ways to use the walker
 //!
-//! * **Steps** ([`GpuVm::sm_map`](crate::GpuVm::sm_map)): the walker hands each op to an
+//! * **Steps** ([`GpuVm::step`](crate::GpuVm::step)): the walker hands each op to an
 //!   [`SmVisitor`] by value; the visitor must apply it ([`OpMap::insert`], [`OpRemap::remap`],
-//!   [`OpUnmap::remove`]) to obtain the completion token it returns. Nodes come from a
-//!   [`NodePool`](crate::NodePool) checked up front, removed nodes are handed to the visitor.
-//!   This is the run stage: no allocation, no failure with a sufficient pool and an infallible
+//!   [`OpUnmap::remove`]) to obtain the completion token it returns. Node memory comes from a
+//!   [`Claim`](crate::Claim) checked up front, removed payloads are handed to the visitor.
+//!   This is the run stage: no allocation, no failure with a sufficient claim and an infallible
 //!   visitor.
 //! * **Op lists** ([`GpuVm::sm_map_walk`](crate::GpuVm::sm_map_walk),
 //!   [`GpuVm::sm_map_ops`](crate::GpuVm::sm_map_ops)): the walker records plain [`Op`] values without
 //!   touching the tree, so a driver can walk them several times (lock, reserve, write PTEs), then
-//!   apply them with [`GpuVm::apply_ops`](crate::GpuVm::apply_ops).
+//!   apply them with [`GpuVm::apply_ops`](crate::GpuVm::apply_ops) (or, core-only, record into
+//!   your own buffer and apply the returned [`Plan`] with
+//!   [`GpuVm::apply_plan`](crate::GpuVm::apply_plan)).
 //!
 //! Both feed the same decision function (`Walker::step`) with the overlapping mappings in order, so they cannot
 //! disagree.
@@ -123,7 +126,7 @@ mod visit;
 
 #[cfg(feature = "alloc")]
 pub use list::OpList;
-pub use list::{Op, Request};
+pub use list::{Op, Plan, Request};
 pub(crate) use ops::Pending;
 pub use ops::{OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped, Piece};
 pub use visit::{Apply, Record, SmVisitor};
@@ -143,7 +146,7 @@ pub(crate) enum Step {
     },
 }
 
-/// The split/merge decision for one request: the table of `gpuvm-semantics.md` section 2.3.
+/// The split/merge decision for one request: the decision table of `docs/semantics.md`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Walker {
     a0: u64,

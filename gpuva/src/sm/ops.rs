@@ -9,7 +9,6 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::ops::Range;
 
-use crate::node::NodePtr;
 use crate::va::{GpuVa, Mapping};
 
 /// Makes `'op` invariant (and the type `!Send`, which is fine for a value that lives in one call).
@@ -37,14 +36,13 @@ pub(crate) enum Pending<D> {
 }
 
 /// Step `Map`: insert the requested mapping. Always the last step of a map request.
-pub struct OpMap<'op, D, P> {
+pub struct OpMap<'op, D> {
     pub(crate) pending: &'op mut Pending<D>,
-    pub(crate) _node: PhantomData<fn() -> P>,
     pub(crate) mapping: Mapping,
     pub(crate) _inv: Invariant<'op>,
 }
 
-impl<'op, D, P: NodePtr<D>> OpMap<'op, D, P> {
+impl<'op, D> OpMap<'op, D> {
     /// The mapping to insert (the request).
     #[must_use]
     pub fn mapping(&self) -> &Mapping {
@@ -57,31 +55,31 @@ impl<'op, D, P: NodePtr<D>> OpMap<'op, D, P> {
         self.mapping.range()
     }
 
-    /// Inserts the mapping with payload `data`, using a node from the reservation.
+    /// Inserts the mapping with payload `data` (its node memory is already claimed).
     pub fn insert(self, data: D) -> OpMapped<'op> {
         *self.pending = Pending::Map(data);
         OpMapped(PhantomData)
     }
 }
 
-impl<D, P> fmt::Debug for OpMap<'_, D, P> {
+impl<D> fmt::Debug for OpMap<'_, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("OpMap").field(&self.mapping).finish()
     }
 }
 
 /// Step `Unmap`: remove an existing mapping that lies entirely inside the request.
-pub struct OpUnmap<'op, D, P> {
+pub struct OpUnmap<'op, D> {
     pub(crate) pending: &'op mut Pending<D>,
-    pub(crate) node: &'op GpuVa<D, P>,
+    pub(crate) node: GpuVa<'op, D>,
     pub(crate) keep: bool,
     pub(crate) _inv: Invariant<'op>,
 }
 
-impl<'op, D, P: NodePtr<D>> OpUnmap<'op, D, P> {
+impl<'op, D> OpUnmap<'op, D> {
     /// The mapping to remove, with its payload.
     #[must_use]
-    pub fn va(&self) -> &'op GpuVa<D, P> {
+    pub fn va(&self) -> GpuVa<'op, D> {
         self.node
     }
 
@@ -91,14 +89,14 @@ impl<'op, D, P: NodePtr<D>> OpUnmap<'op, D, P> {
         self.keep
     }
 
-    /// Removes the mapping. Its node goes to the retired list given to the walk.
+    /// Removes the mapping. Its payload comes back through [`SmVisitor::removed`](super::SmVisitor::removed).
     pub fn remove(self) -> OpUnmapped<'op> {
         *self.pending = Pending::Unmap;
         OpUnmapped(PhantomData)
     }
 }
 
-impl<D, P> fmt::Debug for OpUnmap<'_, D, P> {
+impl<D> fmt::Debug for OpUnmap<'_, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpUnmap")
             .field("va", &self.node.mapping())
@@ -108,19 +106,19 @@ impl<D, P> fmt::Debug for OpUnmap<'_, D, P> {
 }
 
 /// Step `Remap`: replace an existing mapping by the piece(s) of it outside the request.
-pub struct OpRemap<'op, D, P> {
+pub struct OpRemap<'op, D> {
     pub(crate) pending: &'op mut Pending<D>,
-    pub(crate) node: &'op GpuVa<D, P>,
+    pub(crate) node: GpuVa<'op, D>,
     pub(crate) keep: bool,
     pub(crate) prev: Option<Mapping>,
     pub(crate) next: Option<Mapping>,
     pub(crate) _inv: Invariant<'op>,
 }
 
-impl<'op, D, P: NodePtr<D>> OpRemap<'op, D, P> {
+impl<'op, D> OpRemap<'op, D> {
     /// The mapping being split, as it is before the step, with its payload.
     #[must_use]
-    pub fn va(&self) -> &'op GpuVa<D, P> {
+    pub fn va(&self) -> GpuVa<'op, D> {
         self.node
     }
 
@@ -146,18 +144,19 @@ impl<'op, D, P: NodePtr<D>> OpRemap<'op, D, P> {
     /// end of `prev` (or the old start) to the start of `next` (or the old end).
     #[must_use]
     pub fn hole(&self) -> Range<u64> {
-        let start = self.prev.map_or(self.node.addr, |p| p.end());
+        let start = self.prev.map_or(self.node.addr(), |p| p.end());
         let end = self.next.map_or(self.node.end(), |n| n.addr);
         start..end
     }
 
-    /// Splits the mapping: removes the old node (to the retired list) and inserts the pieces, each
-    /// with the payload `data` makes from the old node.
-    pub fn remap_with(self, mut data: impl FnMut(Piece, &GpuVa<D, P>) -> D) -> OpRemapped<'op> {
+    /// Splits the mapping: replaces it by its pieces, each with the payload `data` makes from the
+    /// old mapping. The old payload comes back through
+    /// [`SmVisitor::removed`](super::SmVisitor::removed).
+    pub fn remap_with(self, mut data: impl FnMut(Piece, &GpuVa<'op, D>) -> D) -> OpRemapped<'op> {
         let old = self.node;
         *self.pending = Pending::Remap {
-            prev: self.prev.map(|m| (m, data(Piece::Prev, old))),
-            next: self.next.map(|m| (m, data(Piece::Next, old))),
+            prev: self.prev.map(|m| (m, data(Piece::Prev, &old))),
+            next: self.next.map(|m| (m, data(Piece::Next, &old))),
         };
         OpRemapped(PhantomData)
     }
@@ -171,7 +170,7 @@ impl<'op, D, P: NodePtr<D>> OpRemap<'op, D, P> {
     }
 }
 
-impl<D, P> fmt::Debug for OpRemap<'_, D, P> {
+impl<D> fmt::Debug for OpRemap<'_, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpRemap")
             .field("va", &self.node.mapping())

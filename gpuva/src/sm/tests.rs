@@ -1,5 +1,5 @@
-//! One named test per documented split/merge case (`gpuvm-semantics.md` section 2.3 rows A1-C3 and
-//! the worked examples E1-E14, U1-U5), each asserting the exact op sequence and the resulting tree.
+//! One named test per documented split/merge case (`docs/semantics.md`: decision-table rows A1-C3
+//! and the worked examples E1-E14, U1-U5), each asserting the exact op sequence and the resulting tree.
 //!
 //! Every test checks the op list twice: recorded without touching the tree (`sm_*_walk`) and as
 //! seen by a step visitor while the tree changes (`sm_*`); both must equal the expected list.
@@ -13,8 +13,12 @@ extern crate alloc;
 extern crate std;
 
 use alloc::vec::Vec;
+use core::convert::Infallible;
 
-use crate::{BoxNode, GpuVm, Mapping, NodeReserve, ObjId, Op, Record, RetiredList};
+use crate::{
+    BoxNode, GpuVm, Mapping, ObjId, Op, OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap,
+    OpUnmapped, Record, Request, SmVisitor,
+};
 
 type Vm = GpuVm<(), BoxNode<()>>;
 
@@ -46,16 +50,59 @@ fn remap(unmap: Mapping, keep: bool, prev: Option<Mapping>, next: Option<Mapping
     }
 }
 
-/// The VA space of the worked examples: `[0, 1000)`, no cut-out.
+/// Records every op like [`Record`] and every payload handed back.
+struct Seen {
+    ops: Vec<Op>,
+    removed: Vec<Mapping>,
+}
+
+impl SmVisitor<()> for Seen {
+    type Error = Infallible;
+    fn step_map<'op>(&mut self, op: OpMap<'op, ()>) -> Result<OpMapped<'op>, Infallible> {
+        self.ops.push(Op::Map(*op.mapping()));
+        Ok(op.insert(()))
+    }
+    fn step_remap<'op>(&mut self, op: OpRemap<'op, ()>) -> Result<OpRemapped<'op>, Infallible> {
+        let mut rec = Record::new(|o| self.ops.push(o));
+        SmVisitor::<()>::step_remap(&mut rec, op)
+    }
+    fn step_unmap<'op>(&mut self, op: OpUnmap<'op, ()>) -> Result<OpUnmapped<'op>, Infallible> {
+        let mut rec = Record::new(|o| self.ops.push(o));
+        SmVisitor::<()>::step_unmap(&mut rec, op)
+    }
+    fn removed(&mut self, va: Mapping, _: ()) {
+        self.removed.push(va);
+    }
+}
+
+/// The VA space of the worked examples: `[0, 1000)`, no cut-out, with object links.
 fn vm_with(existing: &[Mapping]) -> Vm {
     let mut vm = Vm::new(0..1000, 0..0).expect("valid geometry");
-    let mut retired = RetiredList::new();
     for &e in existing {
-        let mut pool = NodeReserve::try_alloc(3).expect("memory");
-        vm.map(e, &mut pool, &mut retired).expect("setup map");
+        run(&mut vm, Request::Map(e), &mut Seen { ops: Vec::new(), removed: Vec::new() });
     }
-    assert!(retired.is_empty(), "setup mappings must not overlap");
+    assert_eq!(vm.len(), existing.len(), "setup mappings must not overlap");
     vm
+}
+
+/// Runs `req` the way a driver does: claim its bound (and a link), pin, step, release.
+fn run(vm: &mut Vm, req: Request, v: &mut Seen) {
+    let obj = match req {
+        Request::Map(m) => m.obj,
+        Request::Unmap { .. } => None,
+    };
+    let mut claim = vm
+        .reserve_boxed(vm.nodes_for(&req) + vm.link_nodes())
+        .expect("memory");
+    let pin = obj.map(|o| vm.link_obtain(o, &mut claim, || ()).expect("link"));
+    let before = claim.nodes();
+    vm.step(req, &mut claim, v).expect("step");
+    assert_eq!(before - claim.nodes(), vm.nodes_for(&req), "claim used up by the bound");
+    vm.release(claim).expect("own claim");
+    if let Some(p) = pin {
+        vm.link_put(p).expect("own pin");
+    }
+    vm.check_invariants().expect("tree invariants");
 }
 
 fn state(vm: &Vm) -> Vec<Mapping> {
@@ -69,19 +116,11 @@ fn check_map(existing: &[Mapping], req: Mapping, ops: &[Op], after: &[Mapping]) 
     assert_eq!(recorded.ops(), ops, "recorded op list");
     assert_eq!(state(&vm), existing, "recording must not change the tree");
 
-    let mut pool = NodeReserve::try_alloc(3).expect("memory");
-    let mut retired = RetiredList::new();
-    let mut seen = Vec::new();
-    vm.sm_map(
-        req,
-        &mut pool,
-        &mut retired,
-        &mut Record::new(|op| seen.push(op)),
-    )
-    .expect("map");
-    assert_eq!(seen, ops, "ops seen by the step visitor");
+    let mut seen = Seen { ops: Vec::new(), removed: Vec::new() };
+    run(&mut vm, Request::Map(req), &mut seen);
+    assert_eq!(seen.ops, ops, "ops seen by the step visitor");
     assert_eq!(state(&vm), after, "resulting tree");
-    check_accounting(&vm, ops, 3 - pool.len(), retired.len());
+    check_accounting(&vm, existing.len(), ops, &seen.removed);
 }
 
 /// Checks that unmapping `[addr, addr + len)` emits exactly `ops` (both APIs) and leaves `after`.
@@ -91,42 +130,35 @@ fn check_unmap(existing: &[Mapping], addr: u64, len: u64, ops: &[Op], after: &[M
     assert_eq!(recorded.ops(), ops, "recorded op list");
     assert_eq!(state(&vm), existing);
 
-    let mut pool = NodeReserve::try_alloc(2).expect("memory");
-    let mut retired = RetiredList::new();
-    let mut seen = Vec::new();
-    vm.sm_unmap(
-        addr,
-        len,
-        &mut pool,
-        &mut retired,
-        &mut Record::new(|op| seen.push(op)),
-    )
-    .expect("unmap");
-    assert_eq!(seen, ops, "ops seen by the step visitor");
+    let mut seen = Seen { ops: Vec::new(), removed: Vec::new() };
+    run(&mut vm, Request::Unmap { addr, len }, &mut seen);
+    assert_eq!(seen.ops, ops, "ops seen by the step visitor");
     assert_eq!(state(&vm), after, "resulting tree");
-    check_accounting(&vm, ops, 2 - pool.len(), retired.len());
+    check_accounting(&vm, existing.len(), ops, &seen.removed);
 }
 
-/// Nodes taken = new mappings and pieces; nodes retired = old mappings unmapped or split.
-fn check_accounting(vm: &Vm, ops: &[Op], taken: usize, retired: usize) {
+/// New mappings = the map and the pieces; payloads handed back = every mapping unmapped or split.
+fn check_accounting(vm: &Vm, before: usize, ops: &[Op], removed: &[Mapping]) {
     let mut new = 0;
-    let mut gone = 0;
+    let mut gone = Vec::new();
     for op in ops {
         match op {
             Op::Map(_) => new += 1,
-            Op::Remap { prev, next, .. } => {
+            Op::Remap {
+                unmap, prev, next, ..
+            } => {
                 new += usize::from(prev.is_some()) + usize::from(next.is_some());
-                gone += 1;
+                gone.push(*unmap);
             }
-            Op::Unmap { .. } => gone += 1,
+            Op::Unmap { va, .. } => gone.push(*va),
         }
     }
-    assert_eq!(taken, new, "nodes taken from the reservation");
-    assert_eq!(retired, gone, "nodes retired");
+    assert_eq!(removed, gone, "payloads handed back, in op order");
+    assert_eq!(vm.len(), before + new - gone.len());
     assert_eq!(vm.len(), vm.iter().count());
 }
 
-// --- Decision table rows (gpuvm-semantics.md 2.3) ---------------------------------------------
+// --- Decision table rows (docs/semantics.md) ---------------------------------------------
 
 #[test]
 fn case_a1_same_range_same_backing_keeps() {
@@ -275,7 +307,7 @@ fn case_c3_overlap_end() {
     );
 }
 
-// --- Worked examples (gpuvm-semantics.md 2.5) ---------------------------------------------------
+// --- Worked examples (docs/semantics.md) ----------------------------------------------------------
 
 #[test]
 fn e1_exact_match_same_backing() {
@@ -508,7 +540,7 @@ fn u5_unmap_hole_is_a_noop() {
     check_unmap(&[a], 300, 50, &[], &[a]);
 }
 
-// --- Unmap shapes (style.md 3.9) ------------------------------------------------------------------
+// --- Unmap shapes: inside, prefix, suffix, spanning, whole ----------------------------------------
 
 #[test]
 fn unmap_prefix_keeps_tail() {
@@ -611,7 +643,7 @@ fn neighbour_lookups_are_strict() {
 
 #[test]
 fn exact_match_is_unmap_keep_then_map_not_empty() {
-    // gpuvm-semantics.md 8.1: the kernel docs claim "no ops"; the code (and we) emit two.
+    // docs/semantics.md, quirks kept on purpose: the kernel docs claim "no ops"; the code (and we) emit two.
     let a = m(0, 10, X, 5);
     let vm = vm_with(&[a]);
     let ops = vm.sm_map_ops(a).expect("valid");
@@ -625,13 +657,8 @@ fn op_list_from_another_vm_is_refused() {
     let mut b = vm_with(&[m(500, 100, Y, 0)]);
     assert_eq!(a.generation(), b.generation());
     let list = a.sm_map_ops(m(100, 50, Z, 0)).expect("valid");
-    let mut retired = RetiredList::new();
-    let r = b.apply_ops(
-        &list,
-        &mut NodeReserve::try_alloc(3).expect("memory"),
-        &mut retired,
-        &mut Record::new(|_| {}),
-    );
+    let mut claim = b.reserve_boxed(list.nodes_needed()).expect("memory");
+    let r = b.apply_ops(&list, &mut claim, &mut Record::new(|_| {}));
     assert_eq!(r, Err(crate::ApplyError::Foreign));
     assert_eq!(state(&b), [m(500, 100, Y, 0)]);
 }

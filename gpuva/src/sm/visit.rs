@@ -1,27 +1,27 @@
-//! The step visitor trait and the built-in visitor that just applies every step.
+//! The step visitor trait and the built-in visitors.
 
 use core::convert::Infallible;
 
 use super::list::Op;
 use super::ops::{OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped};
-use crate::node::NodePtr;
-#[cfg(doc)]
-use crate::node::RetiredList;
+use crate::va::Mapping;
 
 /// The driver side of split/merge: one call per step, as drm_gpuvm's `sm_step_map/remap/unmap`.
 ///
-/// Each method receives the op by value and must apply it to get the token it returns. A typical
-/// run-stage visitor writes or clears PTEs for the op, then applies it; the walker moves removed
-/// nodes to the [`RetiredList`] given to the walk.
+/// Each method receives the op by value and must apply it to get the token it returns; the node
+/// memory every step needs was claimed before the walk began, so a token is never issued for a
+/// step that cannot be carried out. A typical run-stage visitor writes or clears PTEs for the op,
+/// then applies it.
 ///
 /// If a method returns `Err`, the walk stops: steps already applied stay applied (as in
-/// drm_gpuvm; the tree stays consistent), and the error comes back as `MapError::Visitor`.
+/// drm_gpuvm; the tree stays consistent), and the error comes back as
+/// [`StepError::Visitor`](crate::StepError::Visitor).
 ///
 /// # Examples
 ///
 /// ```
 /// # #[cfg(feature = "alloc")] {
-/// use gpuva::{BoxNode, GpuVm, Mapping, NodeReserve, ObjId, RetiredList, SmVisitor};
+/// use gpuva::{BoxNode, GpuVm, Mapping, ObjId, Request, SmVisitor};
 /// use gpuva::{OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped};
 ///
 /// /// Counts the page-table work a request implies, then applies it.
@@ -30,41 +30,42 @@ use crate::node::RetiredList;
 ///     cleared: u64,
 /// }
 ///
-/// impl SmVisitor<(), BoxNode<()>> for PteWriter {
+/// impl SmVisitor<()> for PteWriter {
 ///     type Error = core::convert::Infallible;
-///     fn step_map<'op>(&mut self, op: OpMap<'op, (), BoxNode<()>>) -> Result<OpMapped<'op>, Self::Error> {
+///     fn step_map<'op>(&mut self, op: OpMap<'op, ()>) -> Result<OpMapped<'op>, Self::Error> {
 ///         self.written += op.mapping().len;
 ///         Ok(op.insert(()))
 ///     }
-///     fn step_remap<'op>(&mut self, op: OpRemap<'op, (), BoxNode<()>>) -> Result<OpRemapped<'op>, Self::Error> {
+///     fn step_remap<'op>(&mut self, op: OpRemap<'op, ()>) -> Result<OpRemapped<'op>, Self::Error> {
 ///         if !op.keep() {
 ///             self.cleared += op.hole().end - op.hole().start;
 ///         }
 ///         Ok(op.remap())
 ///     }
-///     fn step_unmap<'op>(&mut self, op: OpUnmap<'op, (), BoxNode<()>>) -> Result<OpUnmapped<'op>, Self::Error> {
+///     fn step_unmap<'op>(&mut self, op: OpUnmap<'op, ()>) -> Result<OpUnmapped<'op>, Self::Error> {
 ///         if !op.keep() {
-///             self.cleared += op.va().len();
+///             self.cleared += op.va().length();
 ///         }
 ///         Ok(op.remove())
 ///     }
 /// }
 ///
-/// let mut vm = GpuVm::<(), BoxNode<()>>::new(0..0x10_0000, 0..0)?;
-/// let mut retired = RetiredList::new();
-/// let obj = ObjId::new(1);
+/// let mut vm = GpuVm::<(), BoxNode<()>>::new(0..0x10_0000, 0..0)?.without_links();
 /// let mut w = PteWriter { written: 0, cleared: 0 };
-/// let mut pool = NodeReserve::try_alloc(3)?;
-/// vm.sm_map(Mapping::new(0x1000, 0x4000, obj, 0), &mut pool, &mut retired, &mut w)?;
-/// let mut pool = NodeReserve::try_alloc(3)?;
-/// vm.sm_map(Mapping::new(0x2000, 0x1000, ObjId::new(2), 0), &mut pool, &mut retired, &mut w)?;
+/// for req in [
+///     Request::Map(Mapping::new(0x1000, 0x4000, ObjId::new(1), 0)),
+///     Request::Map(Mapping::new(0x2000, 0x1000, ObjId::new(2), 0)),
+/// ] {
+///     let mut claim = vm.reserve_boxed(vm.nodes_for(&req))?;
+///     vm.step(req, &mut claim, &mut w)?;
+///     vm.release(claim).ok();
+/// }
 /// assert_eq!((w.written, w.cleared), (0x5000, 0x1000));
 /// assert_eq!(vm.len(), 3);
-/// assert_eq!(retired.len(), 1);
 /// # }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub trait SmVisitor<D, P: NodePtr<D>> {
+pub trait SmVisitor<D> {
     /// The visitor's own failure.
     type Error;
 
@@ -73,27 +74,34 @@ pub trait SmVisitor<D, P: NodePtr<D>> {
     /// # Errors
     ///
     /// Whatever the driver's step can fail with; it stops the walk.
-    fn step_map<'op>(&mut self, op: OpMap<'op, D, P>) -> Result<OpMapped<'op>, Self::Error>;
+    fn step_map<'op>(&mut self, op: OpMap<'op, D>) -> Result<OpMapped<'op>, Self::Error>;
 
     /// Applies a `Remap` step.
     ///
     /// # Errors
     ///
     /// Whatever the driver's step can fail with; it stops the walk.
-    fn step_remap<'op>(&mut self, op: OpRemap<'op, D, P>) -> Result<OpRemapped<'op>, Self::Error>;
+    fn step_remap<'op>(&mut self, op: OpRemap<'op, D>) -> Result<OpRemapped<'op>, Self::Error>;
 
     /// Applies an `Unmap` step.
     ///
     /// # Errors
     ///
     /// Whatever the driver's step can fail with; it stops the walk.
-    fn step_unmap<'op>(&mut self, op: OpUnmap<'op, D, P>) -> Result<OpUnmapped<'op>, Self::Error>;
+    fn step_unmap<'op>(&mut self, op: OpUnmap<'op, D>) -> Result<OpUnmapped<'op>, Self::Error>;
+
+    /// Receives the payload of a mapping the walk removed or split, by value, right after its
+    /// step was applied. The default drops it; a run-stage visitor whose payload owns anything
+    /// keeps it for cleanup instead (the run stage frees nothing).
+    fn removed(&mut self, va: Mapping, data: D) {
+        let _ = (va, data);
+    }
 }
 
 /// A visitor that applies every step: for callers that only track VAs.
 ///
 /// The new mapping gets the payload given to [`Apply::new`] (or `D::default()`); split pieces get
-/// clones of the old payload.
+/// clones of the old payload; removed payloads are dropped.
 #[derive(Debug)]
 pub struct Apply<D> {
     data: Option<D>,
@@ -112,18 +120,18 @@ impl<D> Default for Apply<D> {
     }
 }
 
-impl<D: Clone + Default, P: NodePtr<D>> SmVisitor<D, P> for Apply<D> {
+impl<D: Clone + Default> SmVisitor<D> for Apply<D> {
     type Error = Infallible;
 
-    fn step_map<'op>(&mut self, op: OpMap<'op, D, P>) -> Result<OpMapped<'op>, Infallible> {
+    fn step_map<'op>(&mut self, op: OpMap<'op, D>) -> Result<OpMapped<'op>, Infallible> {
         Ok(op.insert(self.data.take().unwrap_or_default()))
     }
 
-    fn step_remap<'op>(&mut self, op: OpRemap<'op, D, P>) -> Result<OpRemapped<'op>, Infallible> {
+    fn step_remap<'op>(&mut self, op: OpRemap<'op, D>) -> Result<OpRemapped<'op>, Infallible> {
         Ok(op.remap())
     }
 
-    fn step_unmap<'op>(&mut self, op: OpUnmap<'op, D, P>) -> Result<OpUnmapped<'op>, Infallible> {
+    fn step_unmap<'op>(&mut self, op: OpUnmap<'op, D>) -> Result<OpUnmapped<'op>, Infallible> {
         Ok(op.remove())
     }
 }
@@ -135,12 +143,12 @@ impl<D: Clone + Default, P: NodePtr<D>> SmVisitor<D, P> for Apply<D> {
 ///
 /// ```
 /// # #[cfg(feature = "alloc")] {
-/// use gpuva::{BoxNode, GpuVm, Mapping, NodeReserve, ObjId, Op, Record, RetiredList};
-/// let mut vm = GpuVm::<(), BoxNode<()>>::new(0..0x1000, 0..0)?;
-/// let mut retired = RetiredList::new();
+/// use gpuva::{BoxNode, GpuVm, Mapping, ObjId, Op, Record, Request};
+/// let mut vm = GpuVm::<(), BoxNode<()>>::new(0..0x1000, 0..0)?.without_links();
 /// let mut seen = Vec::new();
 /// let req = Mapping::new(0, 0x1000, ObjId::new(1), 0);
-/// vm.sm_map(req, &mut NodeReserve::try_alloc(3)?, &mut retired, &mut Record::new(|op| seen.push(op)))?;
+/// let mut claim = vm.reserve_boxed(vm.nodes_for(&Request::Map(req)))?;
+/// vm.step(Request::Map(req), &mut claim, &mut Record::new(|op| seen.push(op)))?;
 /// assert_eq!(seen, [Op::Map(req)]);
 /// # }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -157,15 +165,15 @@ impl<F: FnMut(Op)> Record<F> {
     }
 }
 
-impl<D: Clone + Default, P: NodePtr<D>, F: FnMut(Op)> SmVisitor<D, P> for Record<F> {
+impl<D: Clone + Default, F: FnMut(Op)> SmVisitor<D> for Record<F> {
     type Error = Infallible;
 
-    fn step_map<'op>(&mut self, op: OpMap<'op, D, P>) -> Result<OpMapped<'op>, Infallible> {
+    fn step_map<'op>(&mut self, op: OpMap<'op, D>) -> Result<OpMapped<'op>, Infallible> {
         (self.sink)(Op::Map(*op.mapping()));
         Ok(op.insert(D::default()))
     }
 
-    fn step_remap<'op>(&mut self, op: OpRemap<'op, D, P>) -> Result<OpRemapped<'op>, Infallible> {
+    fn step_remap<'op>(&mut self, op: OpRemap<'op, D>) -> Result<OpRemapped<'op>, Infallible> {
         (self.sink)(Op::Remap {
             unmap: op.va().mapping(),
             keep: op.keep(),
@@ -175,7 +183,7 @@ impl<D: Clone + Default, P: NodePtr<D>, F: FnMut(Op)> SmVisitor<D, P> for Record
         Ok(op.remap())
     }
 
-    fn step_unmap<'op>(&mut self, op: OpUnmap<'op, D, P>) -> Result<OpUnmapped<'op>, Infallible> {
+    fn step_unmap<'op>(&mut self, op: OpUnmap<'op, D>) -> Result<OpUnmapped<'op>, Infallible> {
         (self.sink)(Op::Unmap {
             va: op.va().mapping(),
             keep: op.keep(),

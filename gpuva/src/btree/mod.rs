@@ -1,0 +1,814 @@
+//! The index: a B+tree over caller-owned [`Node`]s, generic over what it stores.
+//!
+//! gpuva keeps three of them (see [`crate::vm`]): mappings by start address, the object index by
+//! `(object, start)`, and object links by object. All three share this code and one node type.
+//!
+//! ```text
+//!                     [ branch: pivots p0 p1 .. ]            up to 32 children (24 for the
+//!                    /        |          \                   object index), at least half full
+//!         [leaf k k k ..] [leaf ..]  .. [leaf ..]            up to 16 entries (32 in the object
+//!                                                            index), at least half full
+//! ```
+//!
+//! # Shape, and why nothing can push it
+//!
+//! Every leaf is at the same depth, and every node but the root is at least half full: inserts
+//! split a full node in two halves, removals borrow from or merge with a sibling. So the height is
+//! at most `1 + log_b(n / l)` for minimum fanout `b` and minimum leaf size `l`, for every request
+//! sequence; there is no randomness, no seed and no maintenance step. [`max_height`] turns a bound
+//! on the number of entries (from the VA space's geometry) into a bound on the height, which is
+//! what the reservation contract (see [`crate::reserve`]) is built on.
+//!
+//! # Worst case of each operation
+//!
+//! * search, floor, cursor seek: O(log n), one node per level;
+//! * insert: O(log n); it takes at most `height + 1` nodes from the spare cache (one split per
+//!   level plus a new root), checked before anything changes;
+//! * remove: O(log n); merged-away nodes go back to the spare cache (nothing is freed);
+//! * range walk over `k` entries: O(log n + k), rebalancing as it goes;
+//! * teardown: O(n), iterative.
+//!
+//! Recursion is only ever on the tree's height, at most [`MAX_HEIGHT`] levels, with frames of a
+//! few words: well under a kilobyte of stack whatever the requests.
+//!
+//! # Pivots
+//!
+//! A pivot is only a bound (see [`branch`]): removals never update ancestors. Two operations move
+//! a key upwards inside the gap to its successor (the in-place re-key of a `next` piece, and the
+//! two-entry insert of a split); they raise the pivots on their path to keep the bound, which is
+//! valid because the VA semantics guarantee that nothing lives in that gap.
+
+mod branch;
+mod cursor;
+mod leaf;
+
+use core::marker::PhantomData;
+
+use arrayvec::ArrayVec;
+
+pub(crate) use branch::{Branch, BranchOps};
+pub(crate) use cursor::Cursor;
+pub(crate) use leaf::{Leaf, LeafOps};
+
+use crate::node::{Body, Node, NodeBag, NodePtr};
+
+/// Levels a tree can ever have: enough for 2^64 entries at the smallest fanout used.
+pub(crate) const MAX_HEIGHT: usize = 20;
+
+/// The largest height a tree with at most `entries` entries can reach, given the minimum entries
+/// of a non-root leaf and the minimum children of a non-root branch.
+///
+/// The smallest tree of height `h >= 2` has a root with two children, each the root of a
+/// smallest subtree: `2 * branch_min^(h - 2)` leaves of `leaf_min` entries.
+pub(crate) const fn max_height(entries: u128, leaf_min: u128, branch_min: u128) -> usize {
+    if entries == 0 {
+        return 0;
+    }
+    let mut h = 1;
+    // Entries in the smallest tree of height h + 1.
+    let mut smallest = 2 * leaf_min;
+    while smallest <= entries && h < MAX_HEIGHT {
+        h += 1;
+        smallest = smallest.saturating_mul(branch_min);
+    }
+    h
+}
+
+/// Nodes one insert may take from the spare cache: a split per level plus a new root.
+pub(crate) const fn insert_nodes(height: usize) -> usize {
+    height + 1
+}
+
+/// How one tree kind lays out its nodes.
+pub(crate) trait Kind<D, L, P> {
+    type K: Copy + Ord + Default;
+    type V;
+    type T: Copy + Default;
+    type Lf: LeafOps<K = Self::K, V = Self::V, T = Self::T>;
+    type Br: BranchOps<K = Self::K, P = P>;
+    fn leaf(b: &Body<D, L, P>) -> Option<&Self::Lf>;
+    fn leaf_mut(b: &mut Body<D, L, P>) -> Option<&mut Self::Lf>;
+    fn branch(b: &Body<D, L, P>) -> Option<&Self::Br>;
+    fn branch_mut(b: &mut Body<D, L, P>) -> Option<&mut Self::Br>;
+    fn new_leaf() -> Body<D, L, P>;
+    fn new_branch() -> Body<D, L, P>;
+}
+
+/// Up to two entries inserted next to each other.
+pub(crate) type Items<K, V, T> = ArrayVec<(K, V, T), 2>;
+
+/// What a range walk does with an entry.
+pub(crate) enum Act<K> {
+    /// Take it out (handed to [`RangeVisit::removed`]).
+    Remove,
+    /// Move its key up to the given one, inside the gap to its successor; the walk ends with it.
+    Rekey(K),
+    /// Stop the walk here, leaving the entry.
+    Stop,
+}
+
+/// The callbacks of [`Tree::walk_range`].
+pub(crate) trait RangeVisit<K, V, T> {
+    fn visit(&mut self, k: K, v: &mut V, t: &mut T) -> Act<K>;
+    fn removed(&mut self, k: K, v: V, t: T);
+}
+
+/// How a subtree walk ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flow<K> {
+    /// The subtree has no more entries in range.
+    Exhausted,
+    /// The walk is over; a re-key asks for pivots above the path to be at least `bump`.
+    Done { bump: Option<K> },
+}
+
+/// How fixing an underfull child moved things.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fix {
+    /// Nothing to do, or borrowed: every child kept its index.
+    Kept,
+    /// The child was merged into its left sibling: it is gone, later children moved down one.
+    IntoLeft,
+    /// The right sibling's entries came into the child (merged or borrowed): rescan it.
+    FromRight,
+}
+
+/// A B+tree of one [`Kind`].
+pub(crate) struct Tree<D, L, P, Kd> {
+    root: Option<P>,
+    /// Levels: 0 when empty, 1 when the root is a leaf.
+    height: usize,
+    len: usize,
+    _k: PhantomData<fn() -> (D, L, Kd)>,
+}
+
+fn take<D, L, P: NodePtr<D, L>>(spare: &mut NodeBag<D, L, P>, body: Body<D, L, P>) -> Option<P> {
+    let mut n = spare.pop()?;
+    n.body = body;
+    Some(n)
+}
+
+impl<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Tree<D, L, P, Kd> {
+    pub(crate) const fn new() -> Self {
+        Self {
+            root: None,
+            height: 0,
+            len: 0,
+            _k: PhantomData,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn height(&self) -> usize {
+        self.height
+    }
+
+    pub(crate) fn root(&self) -> Option<&Node<D, L, P>> {
+        self.root.as_deref()
+    }
+
+    /// A cursor at the first entry `>= k` (or at the end).
+    pub(crate) fn seek(&self, k: Kd::K) -> Cursor<'_, D, L, P, Kd> {
+        let mut c = Cursor::new(self);
+        c.seek(k);
+        c
+    }
+
+    /// A cursor at the first entry.
+    pub(crate) fn first(&self) -> Cursor<'_, D, L, P, Kd> {
+        let mut c = Cursor::new(self);
+        c.seek_first();
+        c
+    }
+
+    /// A cursor at the entry with the greatest key `<= k`, if any.
+    pub(crate) fn floor(&self, k: Kd::K) -> Option<Cursor<'_, D, L, P, Kd>> {
+        let mut c = self.seek(k);
+        if c.key() == Some(k) {
+            return Some(c);
+        }
+        c.prev().then_some(c)
+    }
+
+    /// The value and tag stored under exactly `k`.
+    pub(crate) fn get(&self, k: Kd::K) -> Option<(&Kd::V, Kd::T)> {
+        let c = self.seek(k);
+        if c.key() == Some(k) {
+            c.get().map(|(_, v, t)| (v, t))
+        } else {
+            None
+        }
+    }
+
+    /// The value and tag under exactly `k`, mutably.
+    pub(crate) fn get_mut(&mut self, k: Kd::K) -> Option<(&mut Kd::V, &mut Kd::T)> {
+        let mut node = self.root.as_deref_mut()?;
+        loop {
+            if Kd::leaf(&node.body).is_some() {
+                let leaf = Kd::leaf_mut(&mut node.body)?;
+                let i = leaf.lower_bound(k);
+                if leaf.key(i) != Some(k) {
+                    return None;
+                }
+                return leaf.entry_mut(i);
+            }
+            let br = Kd::branch_mut(&mut node.body)?;
+            let ci = br.child_index(k);
+            node = &mut **br.child_mut(ci)?;
+        }
+    }
+
+    /// Changes key `old` to `new`, which must lie in the gap between `old` and its successor;
+    /// pivots on the path are raised to at least `bump` (the caller proves `bump` is at most the
+    /// successor). Returns whether `old` was found.
+    pub(crate) fn rekey(&mut self, old: Kd::K, new: Kd::K, bump: Kd::K) -> bool {
+        let Some(mut node) = self.root.as_deref_mut() else {
+            return false;
+        };
+        loop {
+            if Kd::leaf(&node.body).is_some() {
+                let Some(leaf) = Kd::leaf_mut(&mut node.body) else {
+                    return false;
+                };
+                let i = leaf.lower_bound(old);
+                if leaf.key(i) != Some(old) {
+                    return false;
+                }
+                debug_assert!(leaf.key(i + 1).is_none_or(|n| new < n), "re-key out of order");
+                leaf.set_key(i, new);
+                return true;
+            }
+            let Some(br) = Kd::branch_mut(&mut node.body) else {
+                return false;
+            };
+            let ci = br.child_index(old);
+            if ci + 1 < br.len() && br.pivot(ci).is_some_and(|p| p < bump) {
+                br.set_pivot(ci, bump);
+            }
+            match br.child_mut(ci) {
+                Some(c) => node = &mut **c,
+                None => return false,
+            }
+        }
+    }
+
+    /// Inserts `items` (ascending, one or two) where the first belongs, routing by `route` and
+    /// raising pivots on the path to at least `bump` (see [`Tree::rekey`]; for a plain insert
+    /// `route` is the first key and `bump` is `None`).
+    ///
+    /// Takes at most [`insert_nodes`]`(height)` nodes from `spare`; if `spare` holds fewer,
+    /// nothing changes and the items come back.
+    pub(crate) fn insert(
+        &mut self,
+        route: Kd::K,
+        mut items: Items<Kd::K, Kd::V, Kd::T>,
+        bump: Option<Kd::K>,
+        spare: &mut NodeBag<D, L, P>,
+    ) -> Result<(), Items<Kd::K, Kd::V, Kd::T>> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        if spare.len() < insert_nodes(self.height) {
+            return Err(items);
+        }
+        let n = items.len();
+        if self.root.is_none() {
+            let Some(leaf) = take(spare, Kd::new_leaf()) else {
+                return Err(items);
+            };
+            self.root = Some(leaf);
+            self.height = 1;
+        }
+        let Some(root) = self.root.as_mut() else {
+            return Err(items);
+        };
+        match insert_rec::<D, L, P, Kd>(root, self.height, route, &mut items, bump, spare) {
+            Err(()) => return Err(items),
+            Ok(None) => {}
+            Ok(Some((k, right))) => {
+                // The root split: a new root above the two halves.
+                let mut new_root = match take(spare, Kd::new_branch()) {
+                    Some(r) => r,
+                    None => {
+                        debug_assert!(false, "spare checked above");
+                        return Err(items);
+                    }
+                };
+                let old = self.root.take();
+                if let (Some(br), Some(old)) = (Kd::branch_mut(&mut new_root.body), old) {
+                    let first = br.push_first(old);
+                    let second = br.insert(1, k, right);
+                    debug_assert!(first.is_ok() && second.is_ok());
+                }
+                self.root = Some(new_root);
+                self.height += 1;
+            }
+        }
+        self.len += n;
+        Ok(())
+    }
+
+    /// Removes the entry under `k`; merged-away nodes go to `spare`.
+    pub(crate) fn remove(
+        &mut self,
+        k: Kd::K,
+        spare: &mut NodeBag<D, L, P>,
+    ) -> Option<(Kd::K, Kd::V, Kd::T)> {
+        let root = self.root.as_mut()?;
+        let r = remove_rec::<D, L, P, Kd>(root, self.height, k, spare);
+        if r.is_some() {
+            self.len -= 1;
+            self.shrink_root(spare);
+        }
+        r
+    }
+
+    /// Walks the entries with keys in `[lo, hi)` in order, letting `vis` remove them, re-key the
+    /// last one or stop; rebalances as it goes. O(log n + k).
+    pub(crate) fn walk_range(
+        &mut self,
+        lo: Kd::K,
+        hi: Kd::K,
+        vis: &mut impl RangeVisit<Kd::K, Kd::V, Kd::T>,
+        spare: &mut NodeBag<D, L, P>,
+    ) {
+        let Some(root) = self.root.as_mut() else {
+            return;
+        };
+        let mut removed = 0;
+        let mut counting = Counting {
+            inner: vis,
+            removed: &mut removed,
+        };
+        walk_rec::<D, L, P, Kd>(root, self.height, lo, hi, &mut counting, spare);
+        self.len -= removed;
+        self.shrink_root(spare);
+    }
+
+    /// Moves every node to `out`, leaving the tree empty, and hands each entry to `each`.
+    /// Iterative: O(n) time, constant stack.
+    pub(crate) fn clear(
+        &mut self,
+        out: &mut NodeBag<D, L, P>,
+        mut each: impl FnMut(Kd::K, Kd::V, Kd::T),
+    ) {
+        // `todo` chains the nodes still to empty through their free-list link.
+        let mut todo: Option<P> = self.root.take();
+        while let Some(mut n) = todo {
+            todo = n.next.take();
+            if let Some(br) = Kd::branch_mut(&mut n.body) {
+                br.take_children(|mut c| {
+                    c.next = todo.take();
+                    todo = Some(c);
+                });
+            } else if let Some(leaf) = Kd::leaf_mut(&mut n.body) {
+                while let Some((k, v, t)) = leaf.remove(leaf.len().wrapping_sub(1)) {
+                    each(k, v, t);
+                }
+            }
+            out.push(n);
+        }
+        self.height = 0;
+        self.len = 0;
+    }
+
+    /// Collapses a root branch with one child, and drops an empty root leaf.
+    fn shrink_root(&mut self, spare: &mut NodeBag<D, L, P>) {
+        loop {
+            let Some(root) = self.root.as_mut() else {
+                self.height = 0;
+                return;
+            };
+            if let Some(br) = Kd::branch_mut(&mut root.body) {
+                let Some(only) = br.take_only() else { return };
+                if let Some(old) = self.root.replace(only) {
+                    spare.push(old);
+                }
+                self.height -= 1;
+            } else if Kd::leaf(&root.body).is_some_and(|l| l.len() == 0) {
+                if let Some(old) = self.root.take() {
+                    spare.push(old);
+                }
+                self.height = 0;
+                return;
+            } else {
+                return;
+            }
+        }
+    }
+}
+
+/// Counts removals on their way to the real visitor.
+struct Counting<'a, V> {
+    inner: &'a mut V,
+    removed: &'a mut usize,
+}
+
+impl<K, Vl, T, V: RangeVisit<K, Vl, T>> RangeVisit<K, Vl, T> for Counting<'_, V> {
+    fn visit(&mut self, k: K, v: &mut Vl, t: &mut T) -> Act<K> {
+        self.inner.visit(k, v, t)
+    }
+    fn removed(&mut self, k: K, v: Vl, t: T) {
+        *self.removed += 1;
+        self.inner.removed(k, v, t);
+    }
+}
+
+type Split<K, P> = Option<(K, P)>;
+
+fn insert_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
+    node: &mut P,
+    level: usize,
+    route: Kd::K,
+    items: &mut Items<Kd::K, Kd::V, Kd::T>,
+    bump: Option<Kd::K>,
+    spare: &mut NodeBag<D, L, P>,
+) -> Result<Split<Kd::K, P>, ()> {
+    if level > 1 {
+        let br = Kd::branch_mut(&mut node.body).ok_or(())?;
+        let ci = br.child_index(route);
+        if let Some(b) = bump {
+            if ci + 1 < br.len() && br.pivot(ci).is_some_and(|p| p < b) {
+                br.set_pivot(ci, b);
+            }
+        }
+        let child = br.child_mut(ci).ok_or(())?;
+        let Some((k, right)) = insert_rec::<D, L, P, Kd>(child, level - 1, route, items, bump, spare)?
+        else {
+            return Ok(None);
+        };
+        if br.len() < <Kd::Br as BranchOps>::CAP {
+            let placed = br.insert(ci + 1, k, right);
+            debug_assert!(placed.is_ok());
+            return Ok(None);
+        }
+        // Full: split in halves, then place the new child in the half it belongs to.
+        let mut sib = take(spare, Kd::new_branch()).ok_or(())?;
+        let sb = Kd::branch_mut(&mut sib.body).ok_or(())?;
+        let at = <Kd::Br as BranchOps>::CAP / 2;
+        let up = br.split_off(at, sb).ok_or(())?;
+        let placed = if ci < at {
+            br.insert(ci + 1, k, right)
+        } else {
+            sb.insert(ci + 1 - at, k, right)
+        };
+        debug_assert!(placed.is_ok());
+        return Ok(Some((up, sib)));
+    }
+    let leaf = Kd::leaf_mut(&mut node.body).ok_or(())?;
+    let first = items.first().map(|e| e.0).ok_or(())?;
+    let pos = leaf.lower_bound(first);
+    let n = items.len();
+    let len = leaf.len();
+    if len + n <= <Kd::Lf as LeafOps>::CAP {
+        for (j, (k, v, t)) in items.drain(..).enumerate() {
+            let placed = leaf.insert(pos + j, k, v, t);
+            debug_assert!(placed.is_ok());
+        }
+        return Ok(None);
+    }
+    let mut sib = take(spare, Kd::new_leaf()).ok_or(())?;
+    let sl = Kd::leaf_mut(&mut sib.body).ok_or(())?;
+    // The left half ends with ceil(total / 2) entries, the right with the rest: both at least half
+    // full because total > CAP.
+    let total = len + n;
+    let left = total.div_ceil(2);
+    if pos + n <= left {
+        leaf.move_tail(len - (total - left), sl);
+        for (j, (k, v, t)) in items.drain(..).enumerate() {
+            let placed = leaf.insert(pos + j, k, v, t);
+            debug_assert!(placed.is_ok());
+        }
+    } else if pos >= left {
+        leaf.move_tail(left, sl);
+        for (j, (k, v, t)) in items.drain(..).enumerate() {
+            let placed = sl.insert(pos - left + j, k, v, t);
+            debug_assert!(placed.is_ok());
+        }
+    } else {
+        // Two items straddling the middle: the first ends the left half, the second starts the
+        // right one.
+        leaf.move_tail(pos, sl);
+        let mut it = items.drain(..);
+        if let Some((k, v, t)) = it.next() {
+            let placed = leaf.insert(pos, k, v, t);
+            debug_assert!(placed.is_ok());
+        }
+        if let Some((k, v, t)) = it.next() {
+            let placed = sl.insert(0, k, v, t);
+            debug_assert!(placed.is_ok());
+        }
+    }
+    let up = sl.key(0).ok_or(())?;
+    Ok(Some((up, sib)))
+}
+
+fn remove_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
+    node: &mut P,
+    level: usize,
+    k: Kd::K,
+    spare: &mut NodeBag<D, L, P>,
+) -> Option<(Kd::K, Kd::V, Kd::T)> {
+    if level > 1 {
+        let br = Kd::branch_mut(&mut node.body)?;
+        let ci = br.child_index(k);
+        let r = remove_rec::<D, L, P, Kd>(br.child_mut(ci)?, level - 1, k, spare)?;
+        fix::<D, L, P, Kd>(br, ci, level - 1, spare);
+        return Some(r);
+    }
+    let leaf = Kd::leaf_mut(&mut node.body)?;
+    let i = leaf.lower_bound(k);
+    if leaf.key(i) != Some(k) {
+        return None;
+    }
+    leaf.remove(i)
+}
+
+fn walk_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
+    node: &mut P,
+    level: usize,
+    lo: Kd::K,
+    hi: Kd::K,
+    vis: &mut impl RangeVisit<Kd::K, Kd::V, Kd::T>,
+    spare: &mut NodeBag<D, L, P>,
+) -> Flow<Kd::K> {
+    if level > 1 {
+        let Some(br) = Kd::branch_mut(&mut node.body) else {
+            return Flow::Done { bump: None };
+        };
+        let mut ci = br.child_index(lo);
+        loop {
+            let Some(child) = br.child_mut(ci) else {
+                return Flow::Exhausted;
+            };
+            let flow = walk_rec::<D, L, P, Kd>(child, level - 1, lo, hi, vis, spare);
+            let how = fix::<D, L, P, Kd>(br, ci, level - 1, spare);
+            let at = if how == Fix::IntoLeft { ci - 1 } else { ci };
+            if let Flow::Done { bump } = flow {
+                if let Some(b) = bump {
+                    if at + 1 < br.len() && br.pivot(at).is_some_and(|p| p < b) {
+                        br.set_pivot(at, b);
+                    }
+                }
+                return flow;
+            }
+            // The child has nothing left in range: go on with the one after it.
+            ci = match how {
+                Fix::Kept => ci + 1,
+                Fix::IntoLeft => ci,
+                Fix::FromRight => ci,
+            };
+            if ci >= br.len() {
+                return Flow::Exhausted;
+            }
+        }
+    }
+    let Some(leaf) = Kd::leaf_mut(&mut node.body) else {
+        return Flow::Done { bump: None };
+    };
+    let i = leaf.lower_bound(lo);
+    loop {
+        let Some(k) = leaf.key(i) else {
+            return Flow::Exhausted;
+        };
+        if k >= hi {
+            return Flow::Done { bump: None };
+        }
+        let Some((v, t)) = leaf.entry_mut(i) else {
+            return Flow::Exhausted;
+        };
+        match vis.visit(k, v, t) {
+            Act::Remove => {
+                if let Some((k, v, t)) = leaf.remove(i) {
+                    vis.removed(k, v, t);
+                }
+            }
+            Act::Rekey(nk) => {
+                debug_assert!(nk > k && leaf.key(i + 1).is_none_or(|n| nk < n));
+                leaf.set_key(i, nk);
+                return Flow::Done { bump: Some(nk) };
+            }
+            Act::Stop => return Flow::Done { bump: None },
+        }
+    }
+}
+
+/// Restores the occupancy of child `ci` of `br` (at `child_level`) after a removal, by borrowing
+/// from or merging with a sibling; prefers the left sibling, whose keys a range walk is done with.
+fn fix<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
+    br: &mut Kd::Br,
+    ci: usize,
+    child_level: usize,
+    spare: &mut NodeBag<D, L, P>,
+) -> Fix {
+    let Some(child) = br.child(ci) else {
+        return Fix::Kept;
+    };
+    let (size, min) = if child_level > 1 {
+        let Some(b) = Kd::branch(&child.body) else {
+            return Fix::Kept;
+        };
+        (b.len(), <Kd::Br as BranchOps>::CAP / 2)
+    } else {
+        let Some(l) = Kd::leaf(&child.body) else {
+            return Fix::Kept;
+        };
+        (l.len(), <Kd::Lf as LeafOps>::CAP / 2)
+    };
+    if size >= min || br.len() < 2 {
+        return Fix::Kept;
+    }
+    let (li, from_left) = if ci > 0 { (ci - 1, true) } else { (0, false) };
+    let Some((left, right)) = br.pair_mut(li) else {
+        return Fix::Kept;
+    };
+    // `left` and `right` are children li and li + 1; the underfull one is `right` when borrowing
+    // from the left, `left` otherwise.
+    let sib_size = if child_level > 1 {
+        let sib = if from_left { &left.body } else { &right.body };
+        Kd::branch(sib).map_or(0, BranchOps::len)
+    } else {
+        let sib = if from_left { &left.body } else { &right.body };
+        Kd::leaf(sib).map_or(0, LeafOps::len)
+    };
+    let sep = match br.pivot(li) {
+        Some(p) => p,
+        None => return Fix::Kept,
+    };
+    let Some((left, right)) = br.pair_mut(li) else {
+        return Fix::Kept;
+    };
+    if sib_size > min {
+        // Borrow one entry (or child) across the pivot.
+        let new_sep = if child_level > 1 {
+            let (Some(l), Some(r)) = (
+                Kd::branch_mut(&mut left.body),
+                Kd::branch_mut(&mut right.body),
+            ) else {
+                return Fix::Kept;
+            };
+            if from_left {
+                let Some((pk, c)) = l.pop_back() else {
+                    return Fix::Kept;
+                };
+                let placed = r.insert_front(c, sep);
+                debug_assert!(placed.is_ok());
+                pk
+            } else {
+                let Some((c, rk)) = r.remove_front() else {
+                    return Fix::Kept;
+                };
+                let placed = l.insert(l.len(), sep, c);
+                debug_assert!(placed.is_ok());
+                rk
+            }
+        } else {
+            let (Some(l), Some(r)) = (Kd::leaf_mut(&mut left.body), Kd::leaf_mut(&mut right.body))
+            else {
+                return Fix::Kept;
+            };
+            if from_left {
+                let Some((k, v, t)) = l.remove(l.len().wrapping_sub(1)) else {
+                    return Fix::Kept;
+                };
+                let placed = r.insert(0, k, v, t);
+                debug_assert!(placed.is_ok());
+                k
+            } else {
+                let Some((k, v, t)) = r.remove(0) else {
+                    return Fix::Kept;
+                };
+                let placed = l.insert(l.len(), k, v, t);
+                debug_assert!(placed.is_ok());
+                match r.key(0) {
+                    Some(k) => k,
+                    None => return Fix::Kept,
+                }
+            }
+        };
+        br.set_pivot(li, new_sep);
+        return if from_left { Fix::Kept } else { Fix::FromRight };
+    }
+    // Merge `right` into `left` and retire `right`'s node.
+    if child_level > 1 {
+        if let (Some(l), Some(r)) = (
+            Kd::branch_mut(&mut left.body),
+            Kd::branch_mut(&mut right.body),
+        ) {
+            l.append(sep, r);
+        }
+    } else if let (Some(l), Some(r)) = (Kd::leaf_mut(&mut left.body), Kd::leaf_mut(&mut right.body))
+    {
+        r.move_tail(0, l);
+    }
+    if let Some((_, gone)) = br.remove(li + 1) {
+        spare.push(gone);
+    }
+    if from_left {
+        Fix::IntoLeft
+    } else {
+        Fix::FromRight
+    }
+}
+
+impl<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Tree<D, L, P, Kd> {
+    /// Calls `f` on every entry, in key order, with mutable access to value and tag (not key).
+    pub(crate) fn for_each_mut(&mut self, mut f: impl FnMut(Kd::K, &mut Kd::V, &mut Kd::T)) {
+        if let Some(root) = self.root.as_mut() {
+            each_rec::<D, L, P, Kd>(root, self.height, &mut f);
+        }
+    }
+
+    /// Checks every structural invariant: equal leaf depth, occupancy, key order inside nodes
+    /// and against the pivots, and the entry count. O(n); for tests.
+    pub(crate) fn check(&self) -> Result<(), &'static str> {
+        let Some(root) = self.root.as_ref() else {
+            return if self.len == 0 && self.height == 0 {
+                Ok(())
+            } else {
+                Err("empty tree with entries or height")
+            };
+        };
+        let mut count = 0;
+        check_rec::<D, L, P, Kd>(root, self.height, None, None, true, &mut count)?;
+        if count != self.len {
+            return Err("entry count differs from len");
+        }
+        Ok(())
+    }
+}
+
+fn each_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
+    node: &mut P,
+    level: usize,
+    f: &mut impl FnMut(Kd::K, &mut Kd::V, &mut Kd::T),
+) {
+    if level > 1 {
+        if let Some(br) = Kd::branch_mut(&mut node.body) {
+            for i in 0..br.len() {
+                if let Some(c) = br.child_mut(i) {
+                    each_rec::<D, L, P, Kd>(c, level - 1, f);
+                }
+            }
+        }
+    } else if let Some(leaf) = Kd::leaf_mut(&mut node.body) {
+        for i in 0..leaf.len() {
+            let Some(k) = leaf.key(i) else { break };
+            if let Some((v, t)) = leaf.entry_mut(i) {
+                f(k, v, t);
+            }
+        }
+    }
+}
+
+fn check_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
+    node: &P,
+    level: usize,
+    lo: Option<Kd::K>,
+    hi: Option<Kd::K>,
+    root: bool,
+    count: &mut usize,
+) -> Result<(), &'static str> {
+    let in_bounds = |k: Kd::K| lo.is_none_or(|l| k >= l) && hi.is_none_or(|h| k < h);
+    if level > 1 {
+        let br = Kd::branch(&node.body).ok_or("branch expected")?;
+        let n = br.len();
+        if n < 2 || (!root && n < <Kd::Br as BranchOps>::CAP / 2) {
+            return Err("underfull branch");
+        }
+        for i in 0..n {
+            let clo = if i == 0 { lo } else { br.pivot(i - 1) };
+            let chi = if i + 1 == n { hi } else { br.pivot(i) };
+            if let (Some(a), Some(b)) = (clo, chi) {
+                if a >= b {
+                    return Err("pivots out of order");
+                }
+            }
+            if let Some(p) = br.pivot(i) {
+                if !in_bounds(p) {
+                    return Err("pivot outside its parent's bounds");
+                }
+            }
+            let c = br.child(i).ok_or("missing child")?;
+            check_rec::<D, L, P, Kd>(c, level - 1, clo, chi, false, count)?;
+        }
+        return Ok(());
+    }
+    let leaf = Kd::leaf(&node.body).ok_or("leaf expected at the bottom level")?;
+    let n = leaf.len();
+    if n == 0 || (!root && n < <Kd::Lf as LeafOps>::CAP / 2) {
+        return Err("underfull leaf");
+    }
+    let keys = leaf.keys();
+    if keys.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("leaf keys out of order");
+    }
+    if !keys.iter().all(|&k| in_bounds(k)) {
+        return Err("leaf key outside its pivots");
+    }
+    *count += n;
+    Ok(())
+}
