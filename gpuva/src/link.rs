@@ -205,7 +205,11 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
             };
             let mut items = crate::btree::Items::new();
             items.push((key, rec, LinkState::default()));
-            if self.links.insert(key, items, None, &mut self.spare).is_err() {
+            if self
+                .links
+                .insert(key, items, None, &mut self.spare)
+                .is_err()
+            {
                 // Unreachable with a valid claim (the spare cache covers it).
                 debug_assert!(false, "link insert ran out of reserved nodes");
                 return Err(LinkError::ReservationTooSmall {

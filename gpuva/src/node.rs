@@ -154,7 +154,10 @@ impl<D, L> fmt::Debug for RefNode<'_, D, L> {
 
 /// A heap-allocated node (feature `alloc`), allocated fallibly.
 #[cfg(feature = "alloc")]
-pub struct BoxNode<D, L = ()>(alloc::boxed::Box<[Node<D, L, BoxNode<D, L>>; 1]>);
+pub struct BoxNode<D, L = ()>(alloc::boxed::Box<[BoxedNode<D, L>; 1]>);
+
+#[cfg(feature = "alloc")]
+type BoxedNode<D, L> = Node<D, L, BoxNode<D, L>>;
 
 /// The allocator could not provide memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,6 +233,10 @@ impl<D, L> fmt::Debug for BoxNode<D, L> {
 pub struct NodeBag<D, L, P: NodePtr<D, L>> {
     head: Option<P>,
     len: usize,
+    /// Nodes popped so far (the VA space's spare cache reports it: [`GpuVm::nodes_taken`]).
+    ///
+    /// [`GpuVm::nodes_taken`]: crate::GpuVm::nodes_taken
+    taken: u64,
     _t: core::marker::PhantomData<fn() -> (D, L)>,
 }
 
@@ -240,6 +247,7 @@ impl<D, L, P: NodePtr<D, L>> NodeBag<D, L, P> {
         Self {
             head: None,
             len: 0,
+            taken: 0,
             _t: core::marker::PhantomData,
         }
     }
@@ -270,6 +278,7 @@ impl<D, L, P: NodePtr<D, L>> NodeBag<D, L, P> {
         let mut node = self.head.take()?;
         self.head = node.next.take();
         self.len -= 1;
+        self.taken += 1;
         Some(node)
     }
 
@@ -283,6 +292,12 @@ impl<D, L, P: NodePtr<D, L>> NodeBag<D, L, P> {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Nodes popped from this bag since it was made.
+    #[must_use]
+    pub fn taken(&self) -> u64 {
+        self.taken
     }
 
     /// Moves every node of `other` into `self`.

@@ -257,6 +257,13 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
         self.spare.len()
     }
 
+    /// Nodes drawn from the spare cache so far (splits and new roots; moving nodes out with
+    /// [`GpuVm::trim`] counts too). Tests use it to check that no request exceeds its bound.
+    #[must_use]
+    pub fn nodes_taken(&self) -> u64 {
+        self.spare.taken()
+    }
+
     /// Nodes claims hold.
     #[must_use]
     pub fn claimed_nodes(&self) -> usize {

@@ -442,7 +442,11 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
     where
         D: Clone + Default,
     {
-        self.step(Request::Unmap { addr, len }, claim, &mut crate::Apply::default())
+        self.step(
+            Request::Unmap { addr, len },
+            claim,
+            &mut crate::Apply::default(),
+        )
     }
 
     /// Records the ops `req` would produce, in order, into `sink`, without changing anything;
@@ -744,7 +748,11 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
                 for (o, addr) in link_updates.into_iter().flatten() {
                     let mut one = Items::new();
                     one.push(((o, addr), (), ()));
-                    if self.objs.insert((o, addr), one, None, &mut self.spare).is_err() {
+                    if self
+                        .objs
+                        .insert((o, addr), one, None, &mut self.spare)
+                        .is_err()
+                    {
                         debug_assert!(false, "object index insert ran out of claimed nodes");
                     }
                     if let Some((rec, _)) = self.links.get_mut(o) {
@@ -834,7 +842,12 @@ fn val<D>(m: &Mapping, data: D) -> VaVal<D> {
 }
 
 /// Queues an idle link on the zombie chain.
-pub(crate) fn queue_zombie<L>(head: &mut u64, key: u64, rec: &mut LinkRec<L>, state: &mut LinkState) {
+pub(crate) fn queue_zombie<L>(
+    head: &mut u64,
+    key: u64,
+    rec: &mut LinkRec<L>,
+    state: &mut LinkState,
+) {
     if rec.maps == 0 && rec.pins == 0 && !state.queued() {
         state.set_queued(true);
         rec.next_zombie = *head;
@@ -905,16 +918,19 @@ impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> RangeVisit<u64, VaVal<D>, VaFlags>
                 self.visitor.removed(old, old_data);
                 if let (true, Some(o)) = (self.links_on, old.obj) {
                     let o = o.get();
-                    let moved = self
-                        .objs
-                        .rekey((o, k), (o, nm.addr), (o, nm.addr.saturating_add(1)));
+                    let moved =
+                        self.objs
+                            .rekey((o, k), (o, nm.addr), (o, nm.addr.saturating_add(1)));
                     debug_assert!(moved, "object index lost a mapping");
                 }
                 self.changed = true;
                 Act::Rekey(nm.addr)
             }
             _ => {
-                debug_assert!(false, "a mapping starting inside the request has no prev piece");
+                debug_assert!(
+                    false,
+                    "a mapping starting inside the request has no prev piece"
+                );
                 Act::Stop
             }
         }

@@ -101,11 +101,7 @@ impl<'a, D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Cursor<'a, D, L, P, Kd> {
 
     /// Moves to the first entry of the next leaf; stays at the end if there is none.
     fn next_leaf(&mut self) -> bool {
-        let Some(j) = self
-            .path
-            .iter()
-            .rposition(|&(br, ci)| ci + 1 < br.len())
-        else {
+        let Some(j) = self.path.iter().rposition(|&(br, ci)| ci + 1 < br.len()) else {
             return false;
         };
         self.path.truncate(j + 1);

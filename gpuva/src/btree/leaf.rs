@@ -118,6 +118,9 @@ impl<K: Copy + Ord + Default, V, T: Copy + Default, const N: usize> Leaf<K, V, T
     }
 }
 
+/// An entry handed back by a refused insert.
+pub(crate) type Refused<S> = (<S as LeafOps>::K, <S as LeafOps>::V, <S as LeafOps>::T);
+
 /// The leaf operations the tree algorithms use, for every leaf capacity.
 pub(crate) trait LeafOps {
     type K: Copy + Ord + Default;
@@ -132,13 +135,8 @@ pub(crate) trait LeafOps {
     fn tag(&self, i: usize) -> Self::T;
     fn entry_mut(&mut self, i: usize) -> Option<(&mut Self::V, &mut Self::T)>;
     fn lower_bound(&self, k: Self::K) -> usize;
-    fn insert(
-        &mut self,
-        i: usize,
-        k: Self::K,
-        v: Self::V,
-        t: Self::T,
-    ) -> Result<(), (Self::K, Self::V, Self::T)>;
+    fn insert(&mut self, i: usize, k: Self::K, v: Self::V, t: Self::T)
+        -> Result<(), Refused<Self>>;
     fn remove(&mut self, i: usize) -> Option<(Self::K, Self::V, Self::T)>;
     fn move_tail(&mut self, at: usize, dst: &mut Self);
 }

@@ -41,6 +41,8 @@
 mod branch;
 mod cursor;
 mod leaf;
+#[cfg(all(test, feature = "alloc"))]
+mod tests;
 
 use core::marker::PhantomData;
 
@@ -81,7 +83,7 @@ pub(crate) const fn insert_nodes(height: usize) -> usize {
 
 /// How one tree kind lays out its nodes.
 pub(crate) trait Kind<D, L, P> {
-    type K: Copy + Ord + Default;
+    type K: Copy + Ord + Default + Bump;
     type V;
     type T: Copy + Default;
     type Lf: LeafOps<K = Self::K, V = Self::V, T = Self::T>;
@@ -94,8 +96,28 @@ pub(crate) trait Kind<D, L, P> {
     fn new_branch() -> Body<D, L, P>;
 }
 
+/// Keys that have a successor value (the pivot bump after a re-key).
+pub(crate) trait Bump: Sized {
+    fn bump(self) -> Option<Self>;
+}
+
+impl Bump for u64 {
+    fn bump(self) -> Option<Self> {
+        self.checked_add(1)
+    }
+}
+
+impl Bump for (u64, u64) {
+    fn bump(self) -> Option<Self> {
+        Some((self.0, self.1.checked_add(1)?))
+    }
+}
+
 /// Up to two entries inserted next to each other.
 pub(crate) type Items<K, V, T> = ArrayVec<(K, V, T), 2>;
+
+type KindItems<D, L, P, Kd> =
+    Items<<Kd as Kind<D, L, P>>::K, <Kd as Kind<D, L, P>>::V, <Kd as Kind<D, L, P>>::T>;
 
 /// What a range walk does with an entry.
 pub(crate) enum Act<K> {
@@ -139,8 +161,10 @@ pub(crate) struct Tree<D, L, P, Kd> {
     /// Levels: 0 when empty, 1 when the root is a leaf.
     height: usize,
     len: usize,
-    _k: PhantomData<fn() -> (D, L, Kd)>,
+    _k: Marker<D, L, Kd>,
 }
+
+type Marker<D, L, Kd> = PhantomData<fn() -> (D, L, Kd)>;
 
 fn take<D, L, P: NodePtr<D, L>>(spare: &mut NodeBag<D, L, P>, body: Body<D, L, P>) -> Option<P> {
     let mut n = spare.pop()?;
@@ -237,7 +261,10 @@ impl<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Tree<D, L, P, Kd> {
                 if leaf.key(i) != Some(old) {
                     return false;
                 }
-                debug_assert!(leaf.key(i + 1).is_none_or(|n| new < n), "re-key out of order");
+                debug_assert!(
+                    leaf.key(i + 1).is_none_or(|n| new < n),
+                    "re-key out of order"
+                );
                 leaf.set_key(i, new);
                 return true;
             }
@@ -267,7 +294,7 @@ impl<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Tree<D, L, P, Kd> {
         mut items: Items<Kd::K, Kd::V, Kd::T>,
         bump: Option<Kd::K>,
         spare: &mut NodeBag<D, L, P>,
-    ) -> Result<(), Items<Kd::K, Kd::V, Kd::T>> {
+    ) -> Result<(), KindItems<D, L, P, Kd>> {
         if items.is_empty() {
             return Ok(());
         }
@@ -436,7 +463,8 @@ fn insert_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
             }
         }
         let child = br.child_mut(ci).ok_or(())?;
-        let Some((k, right)) = insert_rec::<D, L, P, Kd>(child, level - 1, route, items, bump, spare)?
+        let Some((k, right)) =
+            insert_rec::<D, L, P, Kd>(child, level - 1, route, items, bump, spare)?
         else {
             return Ok(None);
         };
@@ -589,111 +617,92 @@ fn walk_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
             Act::Rekey(nk) => {
                 debug_assert!(nk > k && leaf.key(i + 1).is_none_or(|n| nk < n));
                 leaf.set_key(i, nk);
-                return Flow::Done { bump: Some(nk) };
+                // Pivots above the path must exceed the new key: at least nk + 1, which the
+                // successor (strictly above nk) allows.
+                return Flow::Done {
+                    bump: Bump::bump(nk),
+                };
             }
             Act::Stop => return Flow::Done { bump: None },
         }
     }
 }
 
-/// Restores the occupancy of child `ci` of `br` (at `child_level`) after a removal, by borrowing
+/// Restores the occupancy of child `ci` of `br` (at `child_level`) after removals, by borrowing
 /// from or merging with a sibling; prefers the left sibling, whose keys a range walk is done with.
+/// A range walk may have taken many entries from the child, so borrowing repeats until the child
+/// is half full or the sibling is down to half, when the two fit in one node and merge.
 fn fix<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
     br: &mut Kd::Br,
     ci: usize,
     child_level: usize,
     spare: &mut NodeBag<D, L, P>,
 ) -> Fix {
-    let Some(child) = br.child(ci) else {
-        return Fix::Kept;
-    };
-    let (size, min) = if child_level > 1 {
-        let Some(b) = Kd::branch(&child.body) else {
-            return Fix::Kept;
-        };
-        (b.len(), <Kd::Br as BranchOps>::CAP / 2)
-    } else {
-        let Some(l) = Kd::leaf(&child.body) else {
-            return Fix::Kept;
-        };
-        (l.len(), <Kd::Lf as LeafOps>::CAP / 2)
-    };
-    if size >= min || br.len() < 2 {
+    if br.len() < 2 {
         return Fix::Kept;
     }
-    let (li, from_left) = if ci > 0 { (ci - 1, true) } else { (0, false) };
-    let Some((left, right)) = br.pair_mut(li) else {
-        return Fix::Kept;
-    };
-    // `left` and `right` are children li and li + 1; the underfull one is `right` when borrowing
-    // from the left, `left` otherwise.
-    let sib_size = if child_level > 1 {
-        let sib = if from_left { &left.body } else { &right.body };
-        Kd::branch(sib).map_or(0, BranchOps::len)
+    let from_left = ci > 0;
+    let li = if from_left { ci - 1 } else { 0 };
+    let min = if child_level > 1 {
+        <Kd::Br as BranchOps>::CAP / 2
     } else {
-        let sib = if from_left { &left.body } else { &right.body };
-        Kd::leaf(sib).map_or(0, LeafOps::len)
+        <Kd::Lf as LeafOps>::CAP / 2
     };
-    let sep = match br.pivot(li) {
-        Some(p) => p,
-        None => return Fix::Kept,
-    };
-    let Some((left, right)) = br.pair_mut(li) else {
-        return Fix::Kept;
-    };
-    if sib_size > min {
-        // Borrow one entry (or child) across the pivot.
-        let new_sep = if child_level > 1 {
-            let (Some(l), Some(r)) = (
-                Kd::branch_mut(&mut left.body),
-                Kd::branch_mut(&mut right.body),
-            ) else {
-                return Fix::Kept;
-            };
-            if from_left {
-                let Some((pk, c)) = l.pop_back() else {
-                    return Fix::Kept;
-                };
-                let placed = r.insert_front(c, sep);
-                debug_assert!(placed.is_ok());
-                pk
+    let mut how = Fix::Kept;
+    loop {
+        let Some((left, right)) = br.pair_mut(li) else {
+            return how;
+        };
+        let size = |n: &P| {
+            if child_level > 1 {
+                Kd::branch(&n.body).map_or(0, BranchOps::len)
             } else {
-                let Some((c, rk)) = r.remove_front() else {
-                    return Fix::Kept;
-                };
-                let placed = l.insert(l.len(), sep, c);
-                debug_assert!(placed.is_ok());
-                rk
+                Kd::leaf(&n.body).map_or(0, LeafOps::len)
             }
+        };
+        let (child, sib) = if from_left {
+            (size(right), size(left))
         } else {
-            let (Some(l), Some(r)) = (Kd::leaf_mut(&mut left.body), Kd::leaf_mut(&mut right.body))
-            else {
-                return Fix::Kept;
-            };
-            if from_left {
-                let Some((k, v, t)) = l.remove(l.len().wrapping_sub(1)) else {
-                    return Fix::Kept;
-                };
-                let placed = r.insert(0, k, v, t);
-                debug_assert!(placed.is_ok());
-                k
-            } else {
-                let Some((k, v, t)) = r.remove(0) else {
-                    return Fix::Kept;
-                };
-                let placed = l.insert(l.len(), k, v, t);
-                debug_assert!(placed.is_ok());
-                match r.key(0) {
-                    Some(k) => k,
-                    None => return Fix::Kept,
-                }
-            }
+            (size(left), size(right))
         };
-        br.set_pivot(li, new_sep);
-        return if from_left { Fix::Kept } else { Fix::FromRight };
+        if child >= min {
+            return how;
+        }
+        let Some(sep) = br.pivot(li) else {
+            return how;
+        };
+        let Some((left, right)) = br.pair_mut(li) else {
+            return how;
+        };
+        if sib <= min {
+            merge::<D, L, P, Kd>(left, right, sep, child_level);
+            if let Some((_, gone)) = br.remove(li + 1) {
+                spare.push(gone);
+            }
+            return if from_left {
+                Fix::IntoLeft
+            } else {
+                Fix::FromRight
+            };
+        }
+        match borrow::<D, L, P, Kd>(left, right, sep, child_level, from_left) {
+            Some(new_sep) => br.set_pivot(li, new_sep),
+            None => return how,
+        }
+        if !from_left {
+            how = Fix::FromRight;
+        }
     }
-    // Merge `right` into `left` and retire `right`'s node.
-    if child_level > 1 {
+}
+
+/// Moves everything of `right` into `left`, with `sep` the pivot between them.
+fn merge<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
+    left: &mut P,
+    right: &mut P,
+    sep: Kd::K,
+    level: usize,
+) {
+    if level > 1 {
         if let (Some(l), Some(r)) = (
             Kd::branch_mut(&mut left.body),
             Kd::branch_mut(&mut right.body),
@@ -704,13 +713,41 @@ fn fix<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
     {
         r.move_tail(0, l);
     }
-    if let Some((_, gone)) = br.remove(li + 1) {
-        spare.push(gone);
-    }
-    if from_left {
-        Fix::IntoLeft
+}
+
+/// Moves one entry (or child) across the pivot `sep` between `left` and `right`: from `left`'s
+/// end to `right`'s front when `to_right`, the other way otherwise. Returns the new pivot.
+fn borrow<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
+    left: &mut P,
+    right: &mut P,
+    sep: Kd::K,
+    level: usize,
+    to_right: bool,
+) -> Option<Kd::K> {
+    if level > 1 {
+        let l = Kd::branch_mut(&mut left.body)?;
+        let r = Kd::branch_mut(&mut right.body)?;
+        if to_right {
+            let (pk, c) = l.pop_back()?;
+            r.insert_front(c, sep).ok()?;
+            Some(pk)
+        } else {
+            let (c, rk) = r.remove_front()?;
+            l.insert(l.len(), sep, c).ok()?;
+            Some(rk)
+        }
     } else {
-        Fix::FromRight
+        let l = Kd::leaf_mut(&mut left.body)?;
+        let r = Kd::leaf_mut(&mut right.body)?;
+        if to_right {
+            let (k, v, t) = l.remove(l.len().checked_sub(1)?)?;
+            r.insert(0, k, v, t).ok()?;
+            Some(k)
+        } else {
+            let (k, v, t) = r.remove(0)?;
+            l.insert(l.len(), k, v, t).ok()?;
+            r.key(0)
+        }
     }
 }
 

@@ -16,8 +16,8 @@ use alloc::vec::Vec;
 use core::convert::Infallible;
 
 use crate::{
-    BoxNode, GpuVm, Mapping, ObjId, Op, OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap,
-    OpUnmapped, Record, Request, SmVisitor,
+    BoxNode, GpuVm, Mapping, ObjId, Op, OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped,
+    Record, Request, SmVisitor,
 };
 
 type Vm = GpuVm<(), BoxNode<()>>;
@@ -79,7 +79,14 @@ impl SmVisitor<()> for Seen {
 fn vm_with(existing: &[Mapping]) -> Vm {
     let mut vm = Vm::new(0..1000, 0..0).expect("valid geometry");
     for &e in existing {
-        run(&mut vm, Request::Map(e), &mut Seen { ops: Vec::new(), removed: Vec::new() });
+        run(
+            &mut vm,
+            Request::Map(e),
+            &mut Seen {
+                ops: Vec::new(),
+                removed: Vec::new(),
+            },
+        );
     }
     assert_eq!(vm.len(), existing.len(), "setup mappings must not overlap");
     vm
@@ -97,7 +104,11 @@ fn run(vm: &mut Vm, req: Request, v: &mut Seen) {
     let pin = obj.map(|o| vm.link_obtain(o, &mut claim, || ()).expect("link"));
     let before = claim.nodes();
     vm.step(req, &mut claim, v).expect("step");
-    assert_eq!(before - claim.nodes(), vm.nodes_for(&req), "claim used up by the bound");
+    assert_eq!(
+        before - claim.nodes(),
+        vm.nodes_for(&req),
+        "claim used up by the bound"
+    );
     vm.release(claim).expect("own claim");
     if let Some(p) = pin {
         vm.link_put(p).expect("own pin");
@@ -116,7 +127,10 @@ fn check_map(existing: &[Mapping], req: Mapping, ops: &[Op], after: &[Mapping]) 
     assert_eq!(recorded.ops(), ops, "recorded op list");
     assert_eq!(state(&vm), existing, "recording must not change the tree");
 
-    let mut seen = Seen { ops: Vec::new(), removed: Vec::new() };
+    let mut seen = Seen {
+        ops: Vec::new(),
+        removed: Vec::new(),
+    };
     run(&mut vm, Request::Map(req), &mut seen);
     assert_eq!(seen.ops, ops, "ops seen by the step visitor");
     assert_eq!(state(&vm), after, "resulting tree");
@@ -130,7 +144,10 @@ fn check_unmap(existing: &[Mapping], addr: u64, len: u64, ops: &[Op], after: &[M
     assert_eq!(recorded.ops(), ops, "recorded op list");
     assert_eq!(state(&vm), existing);
 
-    let mut seen = Seen { ops: Vec::new(), removed: Vec::new() };
+    let mut seen = Seen {
+        ops: Vec::new(),
+        removed: Vec::new(),
+    };
     run(&mut vm, Request::Unmap { addr, len }, &mut seen);
     assert_eq!(seen.ops, ops, "ops seen by the step visitor");
     assert_eq!(state(&vm), after, "resulting tree");

@@ -1,0 +1,294 @@
+//! The tree against a `BTreeSet` model: random and adversarial operation sequences, every
+//! structural invariant checked after each step, and the node bound of every insert.
+
+#![allow(clippy::disallowed_methods, reason = "tests may allocate infallibly")]
+
+extern crate alloc;
+extern crate std;
+
+use alloc::collections::BTreeSet;
+use alloc::vec::Vec;
+
+use super::{insert_nodes, max_height, Act, Items, RangeVisit, Tree};
+use crate::index::VaKind;
+use crate::node::{NodeBag, BR64, VA_LEAF};
+use crate::va::{VaFlags, VaVal};
+use crate::BoxNode;
+
+type N = BoxNode<(), ()>;
+type T = Tree<(), (), N, VaKind>;
+
+fn v(len: u64) -> VaVal<()> {
+    VaVal {
+        len,
+        offset: 0,
+        obj: None,
+        data: (),
+    }
+}
+
+/// A spare cache holding exactly one insert's bound, refilled before each insert; returns the
+/// nodes the insert took.
+fn insert(
+    t: &mut T,
+    spare: &mut NodeBag<(), (), N>,
+    route: u64,
+    keys: &[u64],
+    bump: Option<u64>,
+) -> usize {
+    let want = insert_nodes(t.height());
+    while spare.len() < want {
+        spare.push(BoxNode::try_new().expect("memory"));
+    }
+    let before = spare.len();
+    let mut items = Items::new();
+    for &k in keys {
+        items.push((k, v(1), VaFlags::EMPTY));
+    }
+    assert!(
+        t.insert(route, items, bump, spare).is_ok(),
+        "insert refused"
+    );
+    before - spare.len()
+}
+
+fn keys(t: &T) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut c = t.first();
+    let mut ok = c.get().is_some();
+    while ok {
+        out.push(c.key().expect("entry"));
+        ok = c.next();
+    }
+    out
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Removes every key in the range, re-keying none.
+struct RemoveAll(Vec<u64>);
+impl RangeVisit<u64, VaVal<()>, VaFlags> for RemoveAll {
+    fn visit(&mut self, _: u64, _: &mut VaVal<()>, _: &mut VaFlags) -> Act<u64> {
+        Act::Remove
+    }
+    fn removed(&mut self, k: u64, _: VaVal<()>, _: VaFlags) {
+        self.0.push(k);
+    }
+}
+
+/// Removes keys in range but re-keys the last one below `hi` to `hi` (as a `next` piece does).
+struct RemoveThenRekey {
+    last: u64,
+    to: u64,
+    removed: Vec<u64>,
+}
+impl RangeVisit<u64, VaVal<()>, VaFlags> for RemoveThenRekey {
+    fn visit(&mut self, k: u64, _: &mut VaVal<()>, _: &mut VaFlags) -> Act<u64> {
+        if k == self.last {
+            Act::Rekey(self.to)
+        } else {
+            Act::Remove
+        }
+    }
+    fn removed(&mut self, k: u64, _: VaVal<()>, _: VaFlags) {
+        self.removed.push(k);
+    }
+}
+
+#[test]
+fn max_height_matches_the_smallest_trees() {
+    // One leaf holds up to 16; two half-full leaves under a root hold 16; 2 * 16 * 8 = 256 for
+    // three levels.
+    let (l, b) = ((VA_LEAF / 2) as u128, (BR64 / 2) as u128);
+    assert_eq!(max_height(0, l, b), 0);
+    assert_eq!(max_height(15, l, b), 1);
+    assert_eq!(max_height(16, l, b), 2);
+    assert_eq!(max_height(255, l, b), 2);
+    assert_eq!(max_height(256, l, b), 3);
+    assert_eq!(max_height(1 << 36, l, b), 10);
+}
+
+/// Random inserts, removals, range walks and re-keys against the model.
+#[test]
+fn random_sequences_match_the_model() {
+    for seed in 1..=6u64 {
+        let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut t = T::new();
+        let mut spare = NodeBag::new();
+        let mut model = BTreeSet::new();
+        let space = 4000;
+        for step in 0..6000 {
+            match r.below(10) {
+                0..=4 => {
+                    // Keys are multiples of 4, so the gaps leave room for re-keys and pairs.
+                    let k = r.below(space) * 4;
+                    if model.contains(&k) {
+                        continue;
+                    }
+                    let used = insert(&mut t, &mut spare, k, &[k], None);
+                    assert!(used <= insert_nodes(t.height()), "insert took {used} nodes");
+                    model.insert(k);
+                }
+                5 => {
+                    // A pair right after an anchor, as a split inside one mapping inserts it.
+                    let Some(&anchor) = model
+                        .iter()
+                        .nth(usize::try_from(r.below(model.len().max(1) as u64)).unwrap_or(0))
+                    else {
+                        continue;
+                    };
+                    let succ = model.range(anchor + 1..).next().copied();
+                    if succ.is_some_and(|s| s <= anchor + 3) {
+                        continue;
+                    }
+                    let h = t.height();
+                    let used = insert(
+                        &mut t,
+                        &mut spare,
+                        anchor,
+                        &[anchor + 1, anchor + 2],
+                        Some(anchor + 3),
+                    );
+                    assert!(used <= insert_nodes(h) + 1, "pair insert took {used}");
+                    model.insert(anchor + 1);
+                    model.insert(anchor + 2);
+                }
+                6 | 7 => {
+                    let k = r.below(space) * 4;
+                    let got = t.remove(k, &mut spare).map(|e| e.0);
+                    assert_eq!(got, model.take(&k), "remove {k}");
+                }
+                8 => {
+                    let lo = r.below(space * 4);
+                    let hi = lo + r.below(64);
+                    let mut w = RemoveAll(Vec::new());
+                    t.walk_range(lo, hi, &mut w, &mut spare);
+                    let want: Vec<u64> = model.range(lo..hi).copied().collect();
+                    for k in &want {
+                        model.remove(k);
+                    }
+                    assert_eq!(w.0, want, "range walk {lo}..{hi}");
+                }
+                _ => {
+                    // Remove a range's keys except the last, which moves up inside its gap.
+                    let lo = r.below(space * 4);
+                    let hi = lo + 1 + r.below(64);
+                    let inside: Vec<u64> = model.range(lo..hi).copied().collect();
+                    let Some(&last) = inside.last() else { continue };
+                    let gap_end = model.range(last + 1..).next().copied().unwrap_or(u64::MAX);
+                    let to = hi.max(last + 1);
+                    if to >= gap_end {
+                        continue;
+                    }
+                    let mut w = RemoveThenRekey {
+                        last,
+                        to,
+                        removed: Vec::new(),
+                    };
+                    t.walk_range(lo, hi, &mut w, &mut spare);
+                    for k in &inside {
+                        model.remove(k);
+                    }
+                    model.insert(to);
+                    assert_eq!(w.removed, inside[..inside.len() - 1], "walk removals");
+                    // The re-keyed entry must be found again through the pivots.
+                    assert!(
+                        t.get(to).is_some(),
+                        "re-keyed {last} -> {to} not found (step {step})"
+                    );
+                }
+            }
+            if let Err(e) = t.check() {
+                panic!("seed {seed} step {step}: {e}");
+            }
+            assert_eq!(t.len(), model.len());
+            if step % 500 == 0 {
+                assert_eq!(keys(&t), model.iter().copied().collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(keys(&t), model.iter().copied().collect::<Vec<_>>());
+        // Cursor steps backwards agree too.
+        let mut c = t.seek(u64::MAX);
+        let mut back = Vec::new();
+        while c.prev() {
+            back.push(c.key().expect("entry"));
+        }
+        back.reverse();
+        assert_eq!(back, model.iter().copied().collect::<Vec<_>>());
+        for &k in model.iter().step_by(7) {
+            assert_eq!(t.floor(k).and_then(|c| c.key()), Some(k));
+            if !model.contains(&(k + 1)) {
+                assert_eq!(t.floor(k + 1).and_then(|c| c.key()), Some(k));
+            }
+        }
+    }
+}
+
+/// Ascending, descending and alternating-end insert orders stay balanced, and every insert stays
+/// within its bound; teardown is iterative and hands every node back.
+#[test]
+fn adversarial_orders_stay_within_the_height_bound() {
+    let n: u64 = 50_000;
+    let orders: [&dyn Fn(u64) -> u64; 3] = [&|i| i, &|i| n - 1 - i, &|i| {
+        if i % 2 == 0 {
+            i / 2
+        } else {
+            n - 1 - i / 2
+        }
+    }];
+    for order in orders {
+        let mut t = T::new();
+        let mut spare = NodeBag::new();
+        for i in 0..n {
+            let k = order(i) * 2;
+            let h = t.height();
+            let used = insert(&mut t, &mut spare, k, &[k], None);
+            assert!(used <= insert_nodes(h));
+            let bound = max_height(u128::from(i + 1), (VA_LEAF / 2) as u128, (BR64 / 2) as u128);
+            assert!(
+                t.height() <= bound,
+                "height {} > bound {bound} at {}",
+                t.height(),
+                i + 1
+            );
+        }
+        t.check().expect("invariants");
+        // Remove every other key, then the rest: merges keep every node at least half full.
+        for i in (0..n).step_by(2) {
+            assert!(t.remove(i * 2, &mut spare).is_some());
+        }
+        t.check().expect("invariants after removals");
+        let mut out = NodeBag::new();
+        let mut seen = 0u64;
+        t.clear(&mut out, |_, _, _| seen += 1);
+        assert_eq!(seen, n / 2);
+        assert_eq!(t.len(), 0);
+        assert!(t.root().is_none());
+    }
+}
+
+/// Deleting a long run in one walk rebalances all the way and keeps the tree valid.
+#[test]
+fn range_walk_over_most_of_the_tree() {
+    let mut t = T::new();
+    let mut spare = NodeBag::new();
+    for k in 0..20_000u64 {
+        insert(&mut t, &mut spare, k * 3, &[k * 3], None);
+    }
+    let mut w = RemoveAll(Vec::new());
+    t.walk_range(30, 59_000, &mut w, &mut spare);
+    assert_eq!(w.0.len(), (30..59_000).filter(|k| k % 3 == 0).count());
+    t.check().expect("invariants");
+    assert_eq!(keys(&t).len(), t.len());
+}
