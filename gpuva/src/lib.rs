@@ -130,4 +130,4 @@ pub use sm::{
     Request, SmVisitor,
 };
 pub use va::{GpuVa, Mapping, ObjId, VaFlags};
-pub use vm::GpuVm;
+pub use vm::{GpuVm, VaCursor};

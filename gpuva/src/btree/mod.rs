@@ -208,22 +208,51 @@ impl<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Tree<D, L, P, Kd> {
         c
     }
 
-    /// A cursor at the entry with the greatest key `<= k`, if any.
-    pub(crate) fn floor(&self, k: Kd::K) -> Option<Cursor<'_, D, L, P, Kd>> {
-        let mut c = self.seek(k);
-        if c.key() == Some(k) {
-            return Some(c);
+    /// The entry with the greatest key `<= k`, if any, in one descent (two when a stale pivot
+    /// routes `k` to a leaf whose keys all exceed it).
+    pub(crate) fn floor_entry(&self, k: Kd::K) -> Option<(Kd::K, &Kd::V, Kd::T)> {
+        let mut node = self.root.as_deref()?;
+        // The subtree holding the keys just below the routed path, for the fallback.
+        let mut left: Option<&Node<D, L, P>> = None;
+        loop {
+            if let Some(br) = Kd::branch(&node.body) {
+                let ci = br.child_index(k);
+                if ci > 0 {
+                    left = br.child(ci - 1).map(|c| &**c);
+                }
+                node = br.child(ci)?;
+                continue;
+            }
+            let leaf = Kd::leaf(&node.body)?;
+            let i = leaf.lower_bound(k);
+            if leaf.key(i) == Some(k) {
+                return Some((k, leaf.val(i)?, leaf.tag(i)));
+            }
+            if i > 0 {
+                return Some((leaf.key(i - 1)?, leaf.val(i - 1)?, leaf.tag(i - 1)));
+            }
+            // Every key here exceeds k: the floor is the largest key of the subtree to the left.
+            let mut n = left?;
+            while let Some(br) = Kd::branch(&n.body) {
+                n = br.child(br.len().checked_sub(1)?)?;
+            }
+            let leaf = Kd::leaf(&n.body)?;
+            let j = leaf.len().checked_sub(1)?;
+            return Some((leaf.key(j)?, leaf.val(j)?, leaf.tag(j)));
         }
-        c.prev().then_some(c)
     }
 
     /// The value and tag stored under exactly `k`.
     pub(crate) fn get(&self, k: Kd::K) -> Option<(&Kd::V, Kd::T)> {
-        let c = self.seek(k);
-        if c.key() == Some(k) {
-            c.get().map(|(_, v, t)| (v, t))
-        } else {
-            None
+        let mut node = self.root.as_deref()?;
+        loop {
+            if let Some(br) = Kd::branch(&node.body) {
+                node = br.child(br.child_index(k))?;
+                continue;
+            }
+            let leaf = Kd::leaf(&node.body)?;
+            let i = leaf.lower_bound(k);
+            return (leaf.key(i) == Some(k)).then(|| leaf.val(i).map(|v| (v, leaf.tag(i))))?;
         }
     }
 
@@ -336,6 +365,62 @@ impl<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Tree<D, L, P, Kd> {
         }
         self.len += n;
         Ok(())
+    }
+
+    /// Runs `f` on the leaf where `route` belongs, letting it change that leaf (remove entries,
+    /// change them in place, ask for up to two entries to be inserted), then splits or rebalances
+    /// as needed: one descent for an operation that stays within one leaf. `f` may decline
+    /// (changing nothing), and then this returns `false`.
+    ///
+    /// Takes at most [`insert_nodes`]`(height)` nodes from `spare`; declines up front if `spare`
+    /// holds fewer.
+    pub(crate) fn local<F>(&mut self, route: Kd::K, f: F, spare: &mut NodeBag<D, L, P>) -> bool
+    where
+        F: FnOnce(&mut Kd::Lf, LeafCtx<Kd::K>) -> Local<KindItems<D, L, P, Kd>>,
+    {
+        if spare.len() < insert_nodes(self.height) {
+            return false;
+        }
+        if self.root.is_none() {
+            let Some(leaf) = take(spare, Kd::new_leaf()) else {
+                return false;
+            };
+            self.root = Some(leaf);
+            self.height = 1;
+        }
+        let Some(root) = self.root.as_mut() else {
+            return false;
+        };
+        let ctx = LeafCtx {
+            hi: None,
+            leftmost: true,
+        };
+        let mut f = Some(f);
+        let r = local_rec::<D, L, P, Kd, F>(root, self.height, route, ctx, &mut f, spare);
+        let Ok((done, split)) = r else {
+            debug_assert!(false, "local operation ran out of nodes");
+            return false;
+        };
+        if let Some((k, right)) = split {
+            if let Some(mut new_root) = take(spare, Kd::new_branch()) {
+                let old = self.root.take();
+                if let (Some(br), Some(old)) = (Kd::branch_mut(&mut new_root.body), old) {
+                    let first = br.push_first(old);
+                    let second = br.insert(1, k, right);
+                    debug_assert!(first.is_ok() && second.is_ok());
+                }
+                self.root = Some(new_root);
+                self.height += 1;
+            }
+        }
+        self.shrink_root(spare);
+        match done {
+            Some((removed, added)) => {
+                self.len = self.len + added - removed;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Removes the entry under `k`; merged-away nodes go to `spare`.
@@ -463,32 +548,25 @@ fn insert_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
             }
         }
         let child = br.child_mut(ci).ok_or(())?;
-        let Some((k, right)) =
-            insert_rec::<D, L, P, Kd>(child, level - 1, route, items, bump, spare)?
+        let Some(split) = insert_rec::<D, L, P, Kd>(child, level - 1, route, items, bump, spare)?
         else {
             return Ok(None);
         };
-        if br.len() < <Kd::Br as BranchOps>::CAP {
-            let placed = br.insert(ci + 1, k, right);
-            debug_assert!(placed.is_ok());
-            return Ok(None);
-        }
-        // Full: split in halves, then place the new child in the half it belongs to.
-        let mut sib = take(spare, Kd::new_branch()).ok_or(())?;
-        let sb = Kd::branch_mut(&mut sib.body).ok_or(())?;
-        let at = <Kd::Br as BranchOps>::CAP / 2;
-        let up = br.split_off(at, sb).ok_or(())?;
-        let placed = if ci < at {
-            br.insert(ci + 1, k, right)
-        } else {
-            sb.insert(ci + 1 - at, k, right)
-        };
-        debug_assert!(placed.is_ok());
-        return Ok(Some((up, sib)));
+        return branch_place::<D, L, P, Kd>(br, ci, split, spare);
     }
     let leaf = Kd::leaf_mut(&mut node.body).ok_or(())?;
     let first = items.first().map(|e| e.0).ok_or(())?;
     let pos = leaf.lower_bound(first);
+    leaf_insert::<D, L, P, Kd>(leaf, pos, items, spare)
+}
+
+/// Inserts `items` at `pos` of `leaf`, splitting it in halves if they do not fit.
+fn leaf_insert<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
+    leaf: &mut Kd::Lf,
+    pos: usize,
+    items: &mut Items<Kd::K, Kd::V, Kd::T>,
+    spare: &mut NodeBag<D, L, P>,
+) -> Result<Split<Kd::K, P>, ()> {
     let n = items.len();
     let len = leaf.len();
     if len + n <= <Kd::Lf as LeafOps>::CAP {
@@ -532,6 +610,102 @@ fn insert_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
     }
     let up = sl.key(0).ok_or(())?;
     Ok(Some((up, sib)))
+}
+
+/// Places the right half of a split child `ci` next to it in `br`, splitting `br` if full.
+fn branch_place<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
+    br: &mut Kd::Br,
+    ci: usize,
+    (k, right): (Kd::K, P),
+    spare: &mut NodeBag<D, L, P>,
+) -> Result<Split<Kd::K, P>, ()> {
+    if br.len() < <Kd::Br as BranchOps>::CAP {
+        let placed = br.insert(ci + 1, k, right);
+        debug_assert!(placed.is_ok());
+        return Ok(None);
+    }
+    // Full: split in halves, then place the new child in the half it belongs to.
+    let mut sib = take(spare, Kd::new_branch()).ok_or(())?;
+    let sb = Kd::branch_mut(&mut sib.body).ok_or(())?;
+    let at = <Kd::Br as BranchOps>::CAP / 2;
+    let up = br.split_off(at, sb).ok_or(())?;
+    let placed = if ci < at {
+        br.insert(ci + 1, k, right)
+    } else {
+        sb.insert(ci + 1 - at, k, right)
+    };
+    debug_assert!(placed.is_ok());
+    Ok(Some((up, sib)))
+}
+
+/// Where a leaf handler of [`Tree::local`] runs.
+pub(crate) struct LeafCtx<K> {
+    /// Keys to the right of this leaf are at least this (the leaf's exclusive upper bound);
+    /// `None` for the rightmost leaf.
+    pub(crate) hi: Option<K>,
+    /// Whether this is the leftmost leaf (no key anywhere below its first).
+    pub(crate) leftmost: bool,
+}
+
+/// What a leaf handler of [`Tree::local`] did.
+pub(crate) enum Local<I> {
+    /// Nothing: the operation does not fit in one leaf.
+    Declined,
+    /// It removed `removed` entries and wants `insert` placed at a position.
+    Done {
+        removed: usize,
+        insert: Option<(usize, I)>,
+    },
+}
+
+type LocalResult<K, P> = Result<(Option<(usize, usize)>, Split<K, P>), ()>;
+
+fn local_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>, F>(
+    node: &mut P,
+    level: usize,
+    route: Kd::K,
+    ctx: LeafCtx<Kd::K>,
+    f: &mut Option<F>,
+    spare: &mut NodeBag<D, L, P>,
+) -> LocalResult<Kd::K, P>
+where
+    F: FnOnce(&mut Kd::Lf, LeafCtx<Kd::K>) -> Local<KindItems<D, L, P, Kd>>,
+{
+    if level > 1 {
+        let br = Kd::branch_mut(&mut node.body).ok_or(())?;
+        let ci = br.child_index(route);
+        let child_ctx = LeafCtx {
+            hi: if ci + 1 < br.len() {
+                br.pivot(ci)
+            } else {
+                ctx.hi
+            },
+            leftmost: ctx.leftmost && ci == 0,
+        };
+        let child = br.child_mut(ci).ok_or(())?;
+        let (done, split) =
+            local_rec::<D, L, P, Kd, F>(child, level - 1, route, child_ctx, f, spare)?;
+        if let Some(s) = split {
+            return Ok((done, branch_place::<D, L, P, Kd>(br, ci, s, spare)?));
+        }
+        if done.is_some_and(|(removed, _)| removed > 0) {
+            fix::<D, L, P, Kd>(br, ci, level - 1, spare);
+        }
+        return Ok((done, None));
+    }
+    let leaf = Kd::leaf_mut(&mut node.body).ok_or(())?;
+    let f = f.take().ok_or(())?;
+    match f(leaf, ctx) {
+        Local::Declined => Ok((None, None)),
+        Local::Done { removed, insert } => match insert {
+            None => Ok((Some((removed, 0)), None)),
+            Some((pos, mut items)) => {
+                let n = items.len();
+                let split = leaf_insert::<D, L, P, Kd>(leaf, pos, &mut items, spare)?;
+                Ok((Some((removed, n)), split))
+            }
+        },
+    }
 }
 
 fn remove_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(

@@ -227,9 +227,9 @@ fn random_sequences_match_the_model() {
         back.reverse();
         assert_eq!(back, model.iter().copied().collect::<Vec<_>>());
         for &k in model.iter().step_by(7) {
-            assert_eq!(t.floor(k).and_then(|c| c.key()), Some(k));
+            assert_eq!(t.floor_entry(k).map(|e| e.0), Some(k));
             if !model.contains(&(k + 1)) {
-                assert_eq!(t.floor(k + 1).and_then(|c| c.key()), Some(k));
+                assert_eq!(t.floor_entry(k + 1).map(|e| e.0), Some(k));
             }
         }
     }
