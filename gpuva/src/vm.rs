@@ -417,13 +417,21 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
                 StepError::ReservationTooSmall { needed, available }
             }
         })?;
+        // The new mapping's link: it must exist; count the mapping on it now (one lookup), and
+        // take the count back if the map step does not happen.
+        let mut counted = None;
         if let (true, Some(obj)) = (self.links_on, w.final_map().and_then(|m| m.obj)) {
-            if self.links.get(obj.get()).is_none() {
-                return Err(StepError::NoLink(obj));
+            match self.links.get_mut(obj.get()) {
+                Some((rec, _)) => {
+                    rec.maps += 1;
+                    counted = Some(obj.get());
+                }
+                None => return Err(StepError::NoLink(obj)),
             }
         }
         self.consume(claim, need);
-        self.walk_apply(&w, visitor).map_err(StepError::Visitor)
+        self.walk_apply(&w, counted, visitor)
+            .map_err(StepError::Visitor)
     }
 
     /// [`GpuVm::step`] of a map with the built-in [`Apply`](crate::Apply) visitor: the new
@@ -633,7 +641,12 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
     /// # Invariants
     ///
     /// The request was validated, its claim covered its bound, a map's object has a link.
-    fn walk_apply<V: SmVisitor<D>>(&mut self, w: &Walker, visitor: &mut V) -> Result<(), V::Error> {
+    fn walk_apply<V: SmVisitor<D>>(
+        &mut self,
+        w: &Walker,
+        counted: Option<u64>,
+        visitor: &mut V,
+    ) -> Result<(), V::Error> {
         let (a0, e0) = w.bounds();
         let mut walk = Walk {
             w,
@@ -648,6 +661,7 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
             split_next: None,
             new: None,
             obj_inserts: [None, None],
+            new_inserted: false,
         };
         let local = self
             .vas
@@ -702,17 +716,27 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
             changed,
             mut retired,
             obj_inserts,
+            new_inserted,
             ..
         } = walk;
         self.spare.append(&mut retired);
-        for key in obj_inserts.into_iter().flatten() {
+        for (key, is_new) in obj_inserts.into_iter().flatten() {
             let mut one = Items::new();
             one.push((key, (), ()));
             if self.objs.insert(key, one, None, &mut self.spare).is_err() {
                 debug_assert!(false, "object index insert ran out of claimed nodes");
             }
-            if let Some((rec, _)) = self.links.get_mut(key.0) {
-                rec.maps += 1;
+            if !is_new {
+                if let Some((rec, _)) = self.links.get_mut(key.0) {
+                    rec.maps += 1;
+                }
+            }
+        }
+        if let (Some(o), false) = (counted, new_inserted) {
+            // The map step did not happen: give the count back.
+            if let Some((rec, state)) = self.links.get_mut(o) {
+                rec.maps = rec.maps.saturating_sub(1);
+                queue_zombie(&mut self.zombies, o, rec, state);
             }
         }
         if changed {
@@ -880,8 +904,11 @@ struct Walk<'a, D, L, P: NodePtr<D, L>, V: SmVisitor<D>> {
     split_next: Option<(u64, Mapping, D)>,
     /// The new mapping and its payload, once its step was applied.
     new: Option<(Mapping, D)>,
-    /// Object-index entries of the inserted mappings, added after the mapping tree is done.
-    obj_inserts: [Option<(u64, u64)>; 2],
+    /// Object-index entries of the inserted mappings, added after the mapping tree is done, and
+    /// whether the entry is the new mapping (already counted on its link by `step`).
+    obj_inserts: [Option<((u64, u64), bool)>; 2],
+    /// Whether the new mapping was handed over for insertion.
+    new_inserted: bool,
 }
 
 impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> Walk<'_, D, L, P, V> {
@@ -996,16 +1023,17 @@ impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> Walk<'_, D, L, P, V> {
         }
     }
 
-    /// The entries to insert (the new mapping, then a split's next piece), with their object
-    /// index entries and link counts done.
+    /// The entries to insert (the new mapping, then a split's next piece); their object-index
+    /// entries are noted for after the mapping tree is done.
     fn take_items(&mut self) -> Items<u64, VaVal<D>, VaFlags> {
         let mut items = Items::new();
-        let new = self.new.take();
-        let next = self.split_next.take().map(|(_, m, d)| (m, d));
-        for (j, (m, data)) in new.into_iter().chain(next).enumerate() {
+        let new = self.new.take().map(|(m, d)| (m, d, true));
+        self.new_inserted |= new.is_some();
+        let next = self.split_next.take().map(|(_, m, d)| (m, d, false));
+        for (j, (m, data, is_new)) in new.into_iter().chain(next).enumerate() {
             if let (true, Some(o), Some(slot)) = (self.links_on, m.obj, self.obj_inserts.get_mut(j))
             {
-                *slot = Some((o.get(), m.addr));
+                *slot = Some(((o.get(), m.addr), is_new));
             }
             items.push((m.addr, val(&m, data), m.flags));
             self.changed = true;
