@@ -38,7 +38,7 @@
 //! A split needs one frame per split block; [`unmap_bound`](crate::unmap_bound) reserves the
 //! most any state can need: for each end not aligned to the largest leaf, one table per level
 //! from below the largest block down to the first level at which that end is aligned (the
-//! `split_examples` tests check the counts and the order of the hook calls).
+//! `split_keeps_the_rest_and_follows_bbm` test checks the counts and the order of the hook calls).
 //!
 //! An unmap that empties a table unhooks it (parent entry cleared) and retires its frame to the
 //! update's [`Flush`]; a fully covered subtree is unhooked and retired whole, as io-pgtable frees
