@@ -18,7 +18,7 @@ use crate::pte::Attrs;
 use crate::request::{validate_map, validate_range, Cursor};
 use crate::reserve::{Reserve, Shortfall};
 use crate::table::PageTable;
-use crate::walk::{map_walk, range_walk, Exec, Plan, PlanNode, RangeOp};
+use crate::walk::{map_walk, range_walk, Exec, Plan, RangeOp};
 
 /// The run stage of one job over one [`PageTable`]: any number of map, unmap and protect
 /// operations drawing from one reserve into one [`Flush`].
@@ -98,9 +98,10 @@ impl<'a, M: TableMemory + ?Sized, H: UpdateHooks> UpdateContext<'a, M, H> {
         let (s, e) = (va.as_u64(), va.as_u64() + len);
         let root = self.pt.root;
         let mut plan = Plan::<M, MapError>::new(&fmt, &*self.mem);
+        let node = plan.node(root)?;
         map_walk(
             &mut plan,
-            PlanNode::Frame(root),
+            node,
             fmt.start_level(),
             s..e,
             &mut Cursor::new(backing),
@@ -126,13 +127,8 @@ impl<'a, M: TableMemory + ?Sized, H: UpdateHooks> UpdateContext<'a, M, H> {
         let (s, e) = (va.as_u64(), va.as_u64() + len);
         let root = self.pt.root;
         let mut plan = Plan::<M, RangeError>::new(&fmt, &*self.mem);
-        range_walk(
-            &mut plan,
-            PlanNode::Frame(root),
-            fmt.start_level(),
-            s..e,
-            op,
-        )?;
+        let node = plan.node(root)?;
+        range_walk(&mut plan, node, fmt.start_level(), s..e, op)?;
         let need = plan.need;
         self.ensure::<RangeError>(need)?;
         let res = range_walk(

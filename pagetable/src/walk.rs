@@ -274,9 +274,9 @@ fn page_slots(fmt: &Format, range: &Range<u64>) -> Range<usize> {
 
 /// A table as the plan pass sees it.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum PlanNode {
-    /// A table frame.
-    Frame(PhysAddr),
+pub(crate) enum PlanNode<'a> {
+    /// A table frame, resolved once when the walk enters it.
+    Frame(PhysAddr, &'a [Pte]),
     /// A table the map would create: empty.
     Absent,
     /// The table a split would create from a block at `pa` with `attrs`: full of leaves.
@@ -306,6 +306,11 @@ impl<'a, M: TableMemory + ?Sized, E: WalkError> Plan<'a, M, E> {
         entries(self.mem, self.fmt, pa).ok_or(E::bad_table(pa))
     }
 
+    /// The plan's view of the table frame `pa` (resolved once).
+    pub(crate) fn node(&self, pa: PhysAddr) -> Result<PlanNode<'a>, E> {
+        Ok(PlanNode::Frame(pa, self.frame(pa)?))
+    }
+
     /// Every table below `pa` resolves (before a subtree is retired wholesale).
     fn check_subtree(&self, pa: PhysAddr, level: Level) -> Result<(), E> {
         let ents = self.frame(pa)?;
@@ -321,8 +326,8 @@ impl<'a, M: TableMemory + ?Sized, E: WalkError> Plan<'a, M, E> {
     }
 }
 
-impl<M: TableMemory + ?Sized, E: WalkError> Pass for Plan<'_, M, E> {
-    type Node = PlanNode;
+impl<'a, M: TableMemory + ?Sized, E: WalkError> Pass for Plan<'a, M, E> {
+    type Node = PlanNode<'a>;
     type Found = Desc;
     type Error = E;
 
@@ -332,15 +337,19 @@ impl<M: TableMemory + ?Sized, E: WalkError> Pass for Plan<'_, M, E> {
 
     fn slot(
         &self,
-        node: PlanNode,
+        node: PlanNode<'a>,
         level: Level,
         idx: usize,
         va: u64,
-    ) -> Result<Slot<PlanNode, Desc>, E> {
+    ) -> Result<Slot<PlanNode<'a>, Desc>, E> {
         match node {
-            PlanNode::Frame(pa) => {
-                let pte = *self.frame(pa)?.get(idx).ok_or(E::corrupt(va))?;
-                Ok(decode(self.fmt, level, pte, PlanNode::Frame))
+            PlanNode::Frame(_, ents) => {
+                let pte = *ents.get(idx).ok_or(E::corrupt(va))?;
+                match self.fmt.decode(level, pte) {
+                    Desc::Invalid => Ok(Slot::Empty),
+                    Desc::Table { pa } => Ok(Slot::Table(PlanNode::Frame(pa, self.frame(pa)?))),
+                    d => Ok(Slot::Occupied(d)),
+                }
             }
             PlanNode::Absent => Ok(Slot::Empty),
             PlanNode::Split { pa, attrs } => {
@@ -355,18 +364,18 @@ impl<M: TableMemory + ?Sized, E: WalkError> Pass for Plan<'_, M, E> {
     }
 }
 
-impl<M: TableMemory + ?Sized, E: MapWalkError> MapPass for Plan<'_, M, E> {
+impl<'a, M: TableMemory + ?Sized, E: MapWalkError> MapPass for Plan<'a, M, E> {
     fn map_pages(
         &mut self,
-        node: PlanNode,
+        node: PlanNode<'a>,
         range: Range<u64>,
         cur: &mut Cursor<'_>,
     ) -> Result<(), E> {
         let page = self.fmt.granule().shift();
         match node {
-            PlanNode::Frame(pa) => {
+            PlanNode::Frame(_, ents) => {
                 let slots = page_slots(self.fmt, &range);
-                let ents = self.frame(pa)?.get(slots).ok_or(E::corrupt(range.start))?;
+                let ents = ents.get(slots).ok_or(E::corrupt(range.start))?;
                 if let Some(i) = ents.iter().position(|p| p.is_valid()) {
                     return Err(E::already_mapped(range.start + (u64_from(i) << page)));
                 }
@@ -379,16 +388,16 @@ impl<M: TableMemory + ?Sized, E: MapWalkError> MapPass for Plan<'_, M, E> {
         Ok(())
     }
 
-    fn block(&mut self, _: At<PlanNode>, _: u64) -> Result<(), E> {
+    fn block(&mut self, _: At<PlanNode<'a>>, _: u64) -> Result<(), E> {
         Ok(())
     }
 
-    fn new_table(&mut self, _: Level, _: u64) -> Result<PlanNode, E> {
+    fn new_table(&mut self, _: Level, _: u64) -> Result<PlanNode<'a>, E> {
         self.need += 1;
         Ok(PlanNode::Absent)
     }
 
-    fn link(&mut self, _: At<PlanNode>, _: PlanNode) -> Result<(), E> {
+    fn link(&mut self, _: At<PlanNode<'a>>, _: PlanNode<'a>) -> Result<(), E> {
         Ok(())
     }
 
@@ -400,14 +409,14 @@ impl<M: TableMemory + ?Sized, E: MapWalkError> MapPass for Plan<'_, M, E> {
     }
 }
 
-impl<M: TableMemory + ?Sized, E: WalkError> RangePass for Plan<'_, M, E> {
-    fn range_pages(&mut self, node: PlanNode, range: Range<u64>, op: RangeOp) -> Result<(), E> {
-        let PlanNode::Frame(pa) = node else {
+impl<'a, M: TableMemory + ?Sized, E: WalkError> RangePass for Plan<'a, M, E> {
+    fn range_pages(&mut self, node: PlanNode<'a>, range: Range<u64>, op: RangeOp) -> Result<(), E> {
+        let PlanNode::Frame(_, ents) = node else {
             // Absent tables hold nothing; split-off tables hold valid leaves only.
             return Ok(());
         };
         let slots = page_slots(self.fmt, &range);
-        let ents = self.frame(pa)?.get(slots).ok_or(E::corrupt(range.start))?;
+        let ents = ents.get(slots).ok_or(E::corrupt(range.start))?;
         if let RangeOp::Protect(_) = op {
             let bad = ents
                 .iter()
@@ -420,15 +429,20 @@ impl<M: TableMemory + ?Sized, E: WalkError> RangePass for Plan<'_, M, E> {
         Ok(())
     }
 
-    fn clear(&mut self, _: At<PlanNode>) -> Result<(), E> {
+    fn clear(&mut self, _: At<PlanNode<'a>>) -> Result<(), E> {
         Ok(())
     }
 
-    fn reprotect(&mut self, _: At<PlanNode>, _: PhysAddr, _: Attrs) -> Result<(), E> {
+    fn reprotect(&mut self, _: At<PlanNode<'a>>, _: PhysAddr, _: Attrs) -> Result<(), E> {
         Ok(())
     }
 
-    fn split(&mut self, _: At<PlanNode>, pa: PhysAddr, attrs: Attrs) -> Result<PlanNode, E> {
+    fn split(
+        &mut self,
+        _: At<PlanNode<'a>>,
+        pa: PhysAddr,
+        attrs: Attrs,
+    ) -> Result<PlanNode<'a>, E> {
         self.need += 1;
         Ok(PlanNode::Split {
             pa: pa.as_u64(),
@@ -436,14 +450,14 @@ impl<M: TableMemory + ?Sized, E: WalkError> RangePass for Plan<'_, M, E> {
         })
     }
 
-    fn drop_subtree(&mut self, at: At<PlanNode>, child: PlanNode) -> Result<(), E> {
+    fn drop_subtree(&mut self, at: At<PlanNode<'a>>, child: PlanNode<'a>) -> Result<(), E> {
         match child {
-            PlanNode::Frame(pa) => self.check_subtree(pa, at.level.child()),
+            PlanNode::Frame(pa, _) => self.check_subtree(pa, at.level.child()),
             PlanNode::Absent | PlanNode::Split { .. } => Ok(()),
         }
     }
 
-    fn prune(&mut self, _: At<PlanNode>, _: PlanNode) -> Result<(), E> {
+    fn prune(&mut self, _: At<PlanNode<'a>>, _: PlanNode<'a>) -> Result<(), E> {
         Ok(())
     }
 
