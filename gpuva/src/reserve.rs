@@ -5,8 +5,9 @@
 //!
 //! A VA space of `S` address units whose requests are aligned to a granule `G` holds at most
 //! `M = S / G` mappings, so at most `M` entries in the object index and (see
-//! [`GpuVm::link_obtain`]) at most `2M` links. A B+tree whose non-root nodes are at least half
-//! full has height at most `h(M)` (`btree::max_height`). One insert takes at most `h + 1` nodes:
+//! [`GpuVm::link_obtain`]) at most `2M` links. A B+tree whose nodes off its two edge paths are at
+//! least half full has height at most `h(M)` (`btree::max_height`; the derivation is in
+//! `docs/gpuva-storage.md`). One insert takes at most `h + 1` nodes:
 //!
 //! ```text
 //!   level h   [root, full] ----> split: +1 node, and a new root: +1 node

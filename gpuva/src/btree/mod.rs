@@ -12,12 +12,20 @@
 //!
 //! # Shape, and why nothing can push it
 //!
-//! Every leaf is at the same depth, and every node but the root is at least half full: inserts
-//! split a full node in two halves, removals borrow from or merge with a sibling. So the height is
-//! at most `1 + log_b(n / l)` for minimum fanout `b` and minimum leaf size `l`, for every request
-//! sequence; there is no randomness, no seed and no maintenance step. [`max_height`] turns a bound
-//! on the number of entries (from the VA space's geometry) into a bound on the height, which is
-//! what the reservation contract (see [`crate::reserve`]) is built on.
+//! Every leaf is at the same depth, and every node off the leftmost and rightmost paths is at least
+//! half full: inserts split a full node in two halves, removals borrow from or merge with a
+//! sibling. So the height is logarithmic in the number of entries for every request sequence;
+//! there is no randomness, no seed and no maintenance step. [`max_height`] turns a bound on the
+//! number of entries (from the VA space's geometry) into a bound on the height, which is what the
+//! reservation contract (see [`crate::reserve`]) is built on.
+//!
+//! # Edge splits
+//!
+//! A full node on the rightmost path receiving a new last entry (an ascending fill) keeps its
+//! entries and starts a new rightmost node with the new one; the leftmost path mirrors it for
+//! descending fills. Sequential fills so pack nodes completely instead of half; the two edge paths
+//! are exempt from the half-full rule (leaves hold at least one entry, branches two children), and
+//! [`max_height`] counts with that.
 //!
 //! # Worst case of each operation
 //!
@@ -58,22 +66,32 @@ use crate::node::{Body, Node, NodeBag, NodePtr};
 pub(crate) const MAX_HEIGHT: usize = 20;
 
 /// The largest height a tree with at most `entries` entries can reach, given the minimum entries
-/// of a non-root leaf and the minimum children of a non-root branch.
+/// of a regular leaf and the minimum children of a regular branch.
 ///
-/// The smallest tree of height `h >= 2` has a root with two children, each the root of a
-/// smallest subtree: `2 * branch_min^(h - 2)` leaves of `leaf_min` entries.
+/// Nodes on the leftmost and rightmost paths are exempt from the half-full rule (see "Edge
+/// splits" in the module docs): their leaves hold at least one entry and their branches at least
+/// two children. The smallest tree of height `h` is then a root with two edge subtrees, where an
+/// edge subtree of height `k` is an edge subtree of height `k - 1` plus one smallest regular
+/// subtree of height `k - 1` (`leaf_min * branch_min^(k - 2)` entries).
 pub(crate) const fn max_height(entries: u128, leaf_min: u128, branch_min: u128) -> usize {
     if entries == 0 {
         return 0;
     }
+    // edge: entries in the smallest edge subtree of height h; regular: in the smallest regular
+    // subtree of height h; both start at h = 1.
     let mut h = 1;
-    // Entries in the smallest tree of height h + 1.
-    let mut smallest = 2 * leaf_min;
-    while smallest <= entries && h < MAX_HEIGHT {
+    let mut edge: u128 = 1;
+    let mut regular: u128 = leaf_min;
+    loop {
+        // The smallest whole tree of height h + 1: a root over two edge subtrees of height h.
+        let smallest = edge.saturating_mul(2);
+        if smallest > entries || h >= MAX_HEIGHT {
+            return h;
+        }
         h += 1;
-        smallest = smallest.saturating_mul(branch_min);
+        edge = edge.saturating_add(regular);
+        regular = regular.saturating_mul(branch_min);
     }
-    h
 }
 
 /// Nodes one insert may take from the spare cache: a split per level plus a new root.
@@ -110,6 +128,28 @@ impl Bump for u64 {
 impl Bump for (u64, u64) {
     fn bump(self) -> Option<Self> {
         Some((self.0, self.1.checked_add(1)?))
+    }
+}
+
+/// Whether a node lies on the leftmost and/or rightmost path of its tree.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Edge {
+    pub(crate) left: bool,
+    pub(crate) right: bool,
+}
+
+impl Edge {
+    const ROOT: Self = Self {
+        left: true,
+        right: true,
+    };
+
+    /// The edge flags of child `ci` of a branch with `len` children.
+    fn child(self, ci: usize, len: usize) -> Self {
+        Self {
+            left: self.left && ci == 0,
+            right: self.right && ci + 1 == len,
+        }
     }
 }
 
@@ -341,7 +381,16 @@ impl<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Tree<D, L, P, Kd> {
         let Some(root) = self.root.as_mut() else {
             return Err(items);
         };
-        match insert_rec::<D, L, P, Kd>(root, self.height, route, &mut items, bump, spare) {
+        let r = insert_rec::<D, L, P, Kd>(
+            root,
+            self.height,
+            Edge::ROOT,
+            route,
+            &mut items,
+            bump,
+            spare,
+        );
+        match r {
             Err(()) => return Err(items),
             Ok(None) => {}
             Ok(Some((k, right))) => {
@@ -534,6 +583,7 @@ type Split<K, P> = Option<(K, P)>;
 fn insert_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
     node: &mut P,
     level: usize,
+    edge: Edge,
     route: Kd::K,
     items: &mut Items<Kd::K, Kd::V, Kd::T>,
     bump: Option<Kd::K>,
@@ -547,23 +597,28 @@ fn insert_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
                 br.set_pivot(ci, b);
             }
         }
+        let child_edge = edge.child(ci, br.len());
         let child = br.child_mut(ci).ok_or(())?;
-        let Some(split) = insert_rec::<D, L, P, Kd>(child, level - 1, route, items, bump, spare)?
+        let Some(split) =
+            insert_rec::<D, L, P, Kd>(child, level - 1, child_edge, route, items, bump, spare)?
         else {
             return Ok(None);
         };
-        return branch_place::<D, L, P, Kd>(br, ci, split, spare);
+        return branch_place::<D, L, P, Kd>(br, ci, edge, split, spare);
     }
     let leaf = Kd::leaf_mut(&mut node.body).ok_or(())?;
     let first = items.first().map(|e| e.0).ok_or(())?;
     let pos = leaf.lower_bound(first);
-    leaf_insert::<D, L, P, Kd>(leaf, pos, items, spare)
+    leaf_insert::<D, L, P, Kd>(leaf, pos, edge, items, spare)
 }
 
-/// Inserts `items` at `pos` of `leaf`, splitting it in halves if they do not fit.
+/// Inserts `items` at `pos` of `leaf`, splitting it if they do not fit: in halves, or, for an
+/// append to the rightmost leaf (a prepend to the leftmost), leaving the old leaf full and the
+/// new entries alone in the new one.
 fn leaf_insert<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
     leaf: &mut Kd::Lf,
     pos: usize,
+    edge: Edge,
     items: &mut Items<Kd::K, Kd::V, Kd::T>,
     spare: &mut NodeBag<D, L, P>,
 ) -> Result<Split<Kd::K, P>, ()> {
@@ -581,7 +636,15 @@ fn leaf_insert<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
     // The left half ends with ceil(total / 2) entries, the right with the rest: both at least half
     // full because total > CAP.
     let total = len + n;
-    let left = total.div_ceil(2);
+    let left = if edge.right && pos == len {
+        // Appending at the right edge (ascending addresses): keep this leaf full.
+        len
+    } else if edge.left && pos == 0 {
+        // Prepending at the left edge (descending addresses): the new entries stay alone.
+        n
+    } else {
+        total.div_ceil(2)
+    };
     if pos + n <= left {
         leaf.move_tail(len - (total - left), sl);
         for (j, (k, v, t)) in items.drain(..).enumerate() {
@@ -612,10 +675,12 @@ fn leaf_insert<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
     Ok(Some((up, sib)))
 }
 
-/// Places the right half of a split child `ci` next to it in `br`, splitting `br` if full.
+/// Places the right half of a split child `ci` next to it in `br`, splitting `br` if full: in
+/// halves, or at an edge (see [`leaf_insert`]) leaving two children in the new edge branch.
 fn branch_place<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
     br: &mut Kd::Br,
     ci: usize,
+    edge: Edge,
     (k, right): (Kd::K, P),
     spare: &mut NodeBag<D, L, P>,
 ) -> Result<Split<Kd::K, P>, ()> {
@@ -627,7 +692,14 @@ fn branch_place<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
     // Full: split in halves, then place the new child in the half it belongs to.
     let mut sib = take(spare, Kd::new_branch()).ok_or(())?;
     let sb = Kd::branch_mut(&mut sib.body).ok_or(())?;
-    let at = <Kd::Br as BranchOps>::CAP / 2;
+    let cap = <Kd::Br as BranchOps>::CAP;
+    let at = if edge.right && ci + 1 == cap {
+        cap - 1
+    } else if edge.left && ci == 0 {
+        1
+    } else {
+        cap / 2
+    };
     let up = br.split_off(at, sb).ok_or(())?;
     let placed = if ci < at {
         br.insert(ci + 1, k, right)
@@ -683,10 +755,14 @@ where
             leftmost: ctx.leftmost && ci == 0,
         };
         let child = br.child_mut(ci).ok_or(())?;
+        let edge = Edge {
+            left: ctx.leftmost,
+            right: ctx.hi.is_none(),
+        };
         let (done, split) =
             local_rec::<D, L, P, Kd, F>(child, level - 1, route, child_ctx, f, spare)?;
         if let Some(s) = split {
-            return Ok((done, branch_place::<D, L, P, Kd>(br, ci, s, spare)?));
+            return Ok((done, branch_place::<D, L, P, Kd>(br, ci, edge, s, spare)?));
         }
         if done.is_some_and(|(removed, _)| removed > 0) {
             fix::<D, L, P, Kd>(br, ci, level - 1, spare);
@@ -695,13 +771,17 @@ where
     }
     let leaf = Kd::leaf_mut(&mut node.body).ok_or(())?;
     let f = f.take().ok_or(())?;
+    let edge = Edge {
+        left: ctx.leftmost,
+        right: ctx.hi.is_none(),
+    };
     match f(leaf, ctx) {
         Local::Declined => Ok((None, None)),
         Local::Done { removed, insert } => match insert {
             None => Ok((Some((removed, 0)), None)),
             Some((pos, mut items)) => {
                 let n = items.len();
-                let split = leaf_insert::<D, L, P, Kd>(leaf, pos, &mut items, spare)?;
+                let split = leaf_insert::<D, L, P, Kd>(leaf, pos, edge, &mut items, spare)?;
                 Ok((Some((removed, n)), split))
             }
         },
@@ -944,7 +1024,7 @@ impl<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Tree<D, L, P, Kd> {
             };
         };
         let mut count = 0;
-        check_rec::<D, L, P, Kd>(root, self.height, None, None, true, &mut count)?;
+        check_rec::<D, L, P, Kd>(root, self.height, None, None, Edge::ROOT, &mut count)?;
         if count != self.len {
             return Err("entry count differs from len");
         }
@@ -980,14 +1060,17 @@ fn check_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
     level: usize,
     lo: Option<Kd::K>,
     hi: Option<Kd::K>,
-    root: bool,
+    edge: Edge,
     count: &mut usize,
 ) -> Result<(), &'static str> {
+    // Nodes on the leftmost or rightmost path may be below half full (edge splits); the root
+    // lies on both.
+    let exempt = edge.left || edge.right;
     let in_bounds = |k: Kd::K| lo.is_none_or(|l| k >= l) && hi.is_none_or(|h| k < h);
     if level > 1 {
         let br = Kd::branch(&node.body).ok_or("branch expected")?;
         let n = br.len();
-        if n < 2 || (!root && n < <Kd::Br as BranchOps>::CAP / 2) {
+        if n < 2 || (!exempt && n < <Kd::Br as BranchOps>::CAP / 2) {
             return Err("underfull branch");
         }
         for i in 0..n {
@@ -1004,13 +1087,13 @@ fn check_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
                 }
             }
             let c = br.child(i).ok_or("missing child")?;
-            check_rec::<D, L, P, Kd>(c, level - 1, clo, chi, false, count)?;
+            check_rec::<D, L, P, Kd>(c, level - 1, clo, chi, edge.child(i, n), count)?;
         }
         return Ok(());
     }
     let leaf = Kd::leaf(&node.body).ok_or("leaf expected at the bottom level")?;
     let n = leaf.len();
-    if n == 0 || (!root && n < <Kd::Lf as LeafOps>::CAP / 2) {
+    if n == 0 || (!exempt && n < <Kd::Lf as LeafOps>::CAP / 2) {
         return Err("underfull leaf");
     }
     let keys = leaf.keys();
