@@ -919,12 +919,13 @@ impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> Walk<'_, D, L, P, V> {
         &mut self,
         leaf: &mut VaLeaf<D>,
         at: &LeafCtx<u64>,
-    ) -> Local<Items<u64, VaVal<D>, VaFlags>> {
+    ) -> Local<u64, Items<u64, VaVal<D>, VaFlags>> {
         let (a0, e0) = self.w.bounds();
         let i = leaf.lower_bound(a0);
-        // The straddler may sit in the previous leaf, or mappings in the next one.
-        if (i == 0 && !at.leftmost)
-            || (leaf.last_key().is_none_or(|k| k < e0) && at.hi.is_some_and(|h| h <= e0))
+        // Decline when the straddler may sit in the previous leaf (nothing starts at a0 here and
+        // this is not the first leaf), or mappings inside the request in the next one.
+        if (i == 0 && !at.leftmost && leaf.key(0) != Some(a0))
+            || (leaf.last_key().is_none_or(|k| k < e0) && at.hi.is_some_and(|h| h < e0))
         {
             return Local::Declined;
         }
@@ -936,6 +937,9 @@ impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> Walk<'_, D, L, P, V> {
             }
         }
         let mut removed = 0;
+        // A key moving up to e0 (a re-keyed next piece, or a split's next piece inserted here)
+        // needs the pivots right of this leaf above e0; no key lies between, so that is valid.
+        let mut bump = self.split_next.as_ref().and_then(|_| e0.checked_add(1));
         if self.err.is_none() && self.split_next.is_none() {
             while let Some(k) = leaf.key(i).filter(|&k| k < e0) {
                 let Some((v, t)) = leaf.entry_mut(i) else {
@@ -950,6 +954,7 @@ impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> Walk<'_, D, L, P, V> {
                     }
                     Act::Rekey(nk) => {
                         leaf.set_key(i, nk);
+                        bump = nk.checked_add(1);
                         break;
                     }
                     Act::Stop => break,
@@ -961,6 +966,7 @@ impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> Walk<'_, D, L, P, V> {
         Local::Done {
             removed,
             insert: (!items.is_empty()).then_some((i, items)),
+            bump,
         }
     }
 

@@ -425,7 +425,7 @@ impl<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Tree<D, L, P, Kd> {
     /// holds fewer.
     pub(crate) fn local<F>(&mut self, route: Kd::K, f: F, spare: &mut NodeBag<D, L, P>) -> bool
     where
-        F: FnOnce(&mut Kd::Lf, LeafCtx<Kd::K>) -> Local<KindItems<D, L, P, Kd>>,
+        F: FnOnce(&mut Kd::Lf, LeafCtx<Kd::K>) -> Local<Kd::K, KindItems<D, L, P, Kd>>,
     {
         if spare.len() < insert_nodes(self.height) {
             return false;
@@ -446,7 +446,7 @@ impl<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Tree<D, L, P, Kd> {
         };
         let mut f = Some(f);
         let r = local_rec::<D, L, P, Kd, F>(root, self.height, route, ctx, &mut f, spare);
-        let Ok((done, split)) = r else {
+        let Ok((done, _, split)) = r else {
             debug_assert!(false, "local operation ran out of nodes");
             return false;
         };
@@ -720,17 +720,21 @@ pub(crate) struct LeafCtx<K> {
 }
 
 /// What a leaf handler of [`Tree::local`] did.
-pub(crate) enum Local<I> {
+pub(crate) enum Local<K, I> {
     /// Nothing: the operation does not fit in one leaf.
     Declined,
-    /// It removed `removed` entries and wants `insert` placed at a position.
+    /// It removed `removed` entries and wants `insert` placed at a position. `bump`: it moved a
+    /// key up, or inserts one, inside the gap to the successor of an existing key, so pivots
+    /// right of the path must be raised to at least `bump` (see "Pivots" above).
     Done {
         removed: usize,
         insert: Option<(usize, I)>,
+        bump: Option<K>,
     },
 }
 
-type LocalResult<K, P> = Result<(Option<(usize, usize)>, Split<K, P>), ()>;
+/// (removed, added) if done; the bump to apply above; a split to place above.
+type LocalResult<K, P> = Result<(Option<(usize, usize)>, Option<K>, Split<K, P>), ()>;
 
 fn local_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>, F>(
     node: &mut P,
@@ -741,7 +745,7 @@ fn local_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>, F>(
     spare: &mut NodeBag<D, L, P>,
 ) -> LocalResult<Kd::K, P>
 where
-    F: FnOnce(&mut Kd::Lf, LeafCtx<Kd::K>) -> Local<KindItems<D, L, P, Kd>>,
+    F: FnOnce(&mut Kd::Lf, LeafCtx<Kd::K>) -> Local<Kd::K, KindItems<D, L, P, Kd>>,
 {
     if level > 1 {
         let br = Kd::branch_mut(&mut node.body).ok_or(())?;
@@ -759,15 +763,24 @@ where
             left: ctx.leftmost,
             right: ctx.hi.is_none(),
         };
-        let (done, split) =
+        let (done, bump, split) =
             local_rec::<D, L, P, Kd, F>(child, level - 1, route, child_ctx, f, spare)?;
+        if let Some(b) = bump {
+            if ci + 1 < br.len() && br.pivot(ci).is_some_and(|p| p < b) {
+                br.set_pivot(ci, b);
+            }
+        }
         if let Some(s) = split {
-            return Ok((done, branch_place::<D, L, P, Kd>(br, ci, edge, s, spare)?));
+            return Ok((
+                done,
+                bump,
+                branch_place::<D, L, P, Kd>(br, ci, edge, s, spare)?,
+            ));
         }
         if done.is_some_and(|(removed, _)| removed > 0) {
             fix::<D, L, P, Kd>(br, ci, level - 1, spare);
         }
-        return Ok((done, None));
+        return Ok((done, bump, None));
     }
     let leaf = Kd::leaf_mut(&mut node.body).ok_or(())?;
     let f = f.take().ok_or(())?;
@@ -776,13 +789,17 @@ where
         right: ctx.hi.is_none(),
     };
     match f(leaf, ctx) {
-        Local::Declined => Ok((None, None)),
-        Local::Done { removed, insert } => match insert {
-            None => Ok((Some((removed, 0)), None)),
+        Local::Declined => Ok((None, None, None)),
+        Local::Done {
+            removed,
+            insert,
+            bump,
+        } => match insert {
+            None => Ok((Some((removed, 0)), bump, None)),
             Some((pos, mut items)) => {
                 let n = items.len();
                 let split = leaf_insert::<D, L, P, Kd>(leaf, pos, edge, &mut items, spare)?;
-                Ok((Some((removed, n)), split))
+                Ok((Some((removed, n)), bump, split))
             }
         },
     }
