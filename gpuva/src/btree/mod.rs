@@ -65,6 +65,9 @@ use crate::node::{Body, Node, NodeBag, NodePtr};
 /// Levels a tree can ever have: enough for 2^64 entries at the smallest fanout used.
 pub(crate) const MAX_HEIGHT: usize = 20;
 
+/// The widest branch of any tree kind.
+const MAX_CHILDREN: usize = crate::node::BR64;
+
 /// The largest height a tree with at most `entries` entries can reach, given the minimum entries
 /// of a regular leaf and the minimum children of a regular branch.
 ///
@@ -509,24 +512,32 @@ impl<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Tree<D, L, P, Kd> {
         self.shrink_root(spare);
     }
 
-    /// Moves every node to `out`, leaving the tree empty, and hands each entry to `each`.
-    /// Iterative: O(n) time, constant stack.
+    /// Moves every node to `out`, leaving the tree empty, and hands each entry to `each`, in key
+    /// order. Iterative: O(n) time, constant stack.
     pub(crate) fn clear(
         &mut self,
         out: &mut NodeBag<D, L, P>,
         mut each: impl FnMut(Kd::K, Kd::V, Kd::T),
     ) {
-        // `todo` chains the nodes still to empty through their free-list link.
+        // `todo` is a stack of the nodes still to empty, chained through their free-list link;
+        // a branch's children go on it last-first, so the leftmost comes off first and entries
+        // come out in key order.
         let mut todo: Option<P> = self.root.take();
         while let Some(mut n) = todo {
             todo = n.next.take();
             if let Some(br) = Kd::branch_mut(&mut n.body) {
-                br.take_children(|mut c| {
+                let mut kids: ArrayVec<P, MAX_CHILDREN> = ArrayVec::new();
+                br.take_children(|c| {
+                    // Cannot fail: a branch holds at most MAX_CHILDREN children.
+                    let pushed = kids.try_push(c);
+                    debug_assert!(pushed.is_ok(), "branch wider than MAX_CHILDREN");
+                });
+                while let Some(mut c) = kids.pop() {
                     c.next = todo.take();
                     todo = Some(c);
-                });
+                }
             } else if let Some(leaf) = Kd::leaf_mut(&mut n.body) {
-                while let Some((k, v, t)) = leaf.remove(leaf.len().wrapping_sub(1)) {
+                while let Some((k, v, t)) = leaf.remove(0) {
                     each(k, v, t);
                 }
             }
