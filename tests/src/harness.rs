@@ -901,6 +901,10 @@ impl Harness {
     /// put or the end), 1 puts a held pin (and drains zombies when the object is 3), 2 toggles
     /// external, 3 toggles evicted (refused with `NoLink` unless the link is live). With links off,
     /// every one is `LinksDisabled` / `NoLink` and changes nothing.
+    ///
+    /// # Panics
+    ///
+    /// On any difference from the link model.
     pub fn link_op(&mut self, arg: usize) {
         let raw = 1 + (arg as u64 >> 2) % 3;
         let obj = ObjId::new(raw).expect("non-zero");

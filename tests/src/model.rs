@@ -171,7 +171,7 @@ impl Model {
         if !r.is_empty() && addr < r.end && r.start < end {
             return Err(RangeError::Reserved);
         }
-        if addr % self.granule != 0 || len % self.granule != 0 {
+        if !addr.is_multiple_of(self.granule) || !len.is_multiple_of(self.granule) {
             return Err(RangeError::Unaligned);
         }
         Ok(addr..end)

@@ -124,7 +124,7 @@ impl Driver {
             *m = (*m).max(x);
         }
         self.requests += 1;
-        if self.requests % 4096 == 0 {
+        if self.requests.is_multiple_of(4096) {
             self.check();
         }
     }
@@ -274,11 +274,11 @@ fn no_request_exceeds_its_bound_on_full_trees() {
             d.max_heights,
             d.max_drawn
         );
-        for i in 0..3 {
-            reached[i] = reached[i].max(d.max_heights[i]);
+        for (r, h) in reached.iter_mut().zip(d.max_heights) {
+            *r = (*r).max(h);
         }
-        for i in 0..4 {
-            max_drawn[i] = max_drawn[i].max(d.max_drawn[i]);
+        for (m, x) in max_drawn.iter_mut().zip(d.max_drawn) {
+            *m = (*m).max(x);
         }
         if objs != Objs::NoLinks {
             bounds = Some(d.bounds());

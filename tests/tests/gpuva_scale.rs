@@ -145,7 +145,7 @@ fn ascending_insertion_stays_logarithmic() {
             .map(|l| l.mappings()),
         Some(N)
     );
-    drop(pin);
+    assert!(vm.link_put(pin.expect("links on")).is_ok());
 }
 
 #[test]
