@@ -14,4 +14,7 @@ pub mod harness;
 #[path = "../../tests/src/fuzz_body.rs"]
 pub mod fuzz_body;
 
+#[path = "../../tests/src/pagetable_fuzz.rs"]
+pub mod pagetable_fuzz;
+
 pub use fuzz_body::run;

@@ -108,6 +108,13 @@
 extern crate alloc;
 
 mod btree;
+/// The design behind the storage: B+trees, the reservation contract and its derivation, object
+/// links, memory and stack use (the repository's `docs/gpuva-storage.md`).
+#[doc = include_str!("../../docs/gpuva-storage.md")]
+pub mod design {}
+/// The split/merge semantics reference (the repository's `docs/semantics.md`).
+#[doc = include_str!("../../docs/semantics.md")]
+pub mod semantics {}
 mod error;
 mod index;
 mod link;
@@ -130,4 +137,4 @@ pub use sm::{
     Request, SmVisitor,
 };
 pub use va::{GpuVa, Mapping, ObjId, VaFlags};
-pub use vm::GpuVm;
+pub use vm::{GpuVm, VaCursor};
