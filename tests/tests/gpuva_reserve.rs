@@ -2,8 +2,8 @@
 //! `nodes_for(&req)` (a pure function of the request kind and the geometry), from any prior state,
 //! and no tree ever grows beyond the heights `bounds()` derives from the geometry.
 //!
-//! The geometries are small (`with_granule(0..N*G, 0..0, G)`, N = 16384 granules) so that the
-//! maximum height the bound allows is actually reached: every granule is filled, in ascending,
+//! The geometries are small (`with_granule(0..N*G, 0..0, G)`, N = 16384 granules) so that every
+//! tree gets within one level of the height its bound allows: every granule is filled, in ascending,
 //! descending, interleaved, bisecting and random orders, with one-granule or three-granule
 //! mappings, with no object, one object, or one object per mapping (one link each), and with links
 //! off. Then requests of every shape run on the full tree: inside one mapping (a split: two new
@@ -286,19 +286,24 @@ fn no_request_exceeds_its_bound_on_full_trees() {
     }
     let b = bounds.expect("states");
     eprintln!("reached heights {reached:?} of {b:?}; most nodes drawn {max_drawn:?}");
-    // The adversarial states are not vacuous: the mapping tree and the link tree reach the height
-    // the bound is derived from.
-    assert_eq!(reached[0], b.va_height, "mapping tree height bound reached");
-    assert_eq!(
-        reached[1], b.obj_height,
-        "object index height bound reached"
-    );
-    assert_eq!(reached[2], b.link_height, "link tree height bound reached");
-    // And some request split every level of the mapping tree and grew a new root: the bound's
-    // `height + 1` per insert is met, not just respected.
+    // The adversarial states are not vacuous: every tree gets within one level of the height its
+    // bound allows. (Since gpuva 98999e3 the bound also counts the edge paths, which edge splits
+    // pack fully and which are exempt from the half-full rule; no fill here reaches that extra
+    // level: 4 of 5 at 16384 granules. The bound itself is what every request above is held to.)
+    for (what, r, bound) in [
+        ("mapping tree", reached[0], b.va_height),
+        ("object index", reached[1], b.obj_height),
+        ("link tree", reached[2], b.link_height),
+    ] {
+        assert!(
+            r <= bound && r + 1 >= bound,
+            "{what}: reached {r}, bound {bound}"
+        );
+    }
+    // And some request split every level of the tallest mapping tree and grew a new root.
     assert_eq!(
         max_drawn[0].max(max_drawn[1]),
-        b.va_height as u64 + 1,
+        reached[0] as u64 + 1,
         "{max_drawn:?}"
     );
 }
@@ -330,7 +335,10 @@ proptest! {
     }
 }
 
-/// The figures the documentation states for a 2^48-byte space at 4 KiB granularity.
+/// The figures the documentation states (`gpuva/src/reserve.rs`, `docs/gpuva-storage.md`) for a
+/// 2^48-byte space at 4 KiB granularity: heights 10 (mappings), 11 (object index), 11 (links); a
+/// map with an object reserves 11 + 2 * 12 = 35 nodes, a map without one or an unmap 11 + 12 = 23,
+/// a link 12. (Before gpuva 98999e3 they were 10/10/10 and 33/22/22/11.)
 #[test]
 fn stated_figures_for_a_48_bit_space() {
     let vm = Vm::with_granule(0..1 << 48, 0..0, 4096).expect("geometry");
@@ -338,19 +346,19 @@ fn stated_figures_for_a_48_bit_space() {
     assert_eq!(b.max_mappings, 1 << 36);
     assert_eq!(
         (b.va_height, b.obj_height, b.link_height),
-        (10, 10, 10),
+        (10, 11, 11),
         "{b:?}"
     );
     assert_eq!(
         (b.map_obj, b.map_null, b.unmap, b.link),
-        (33, 22, 22, 11),
+        (35, 23, 23, 12),
         "{b:?}"
     );
     let m = Mapping::new(0, 4096, ObjId::new(1), 0);
-    assert_eq!(vm.nodes_for(&Request::Map(m)), 33);
-    assert_eq!(vm.nodes_for(&Request::Map(Mapping { obj: None, ..m })), 22);
-    assert_eq!(vm.nodes_for(&Request::Unmap { addr: 0, len: 4096 }), 22);
-    assert_eq!(vm.link_nodes(), 11);
+    assert_eq!(vm.nodes_for(&Request::Map(m)), 35);
+    assert_eq!(vm.nodes_for(&Request::Map(Mapping { obj: None, ..m })), 23);
+    assert_eq!(vm.nodes_for(&Request::Unmap { addr: 0, len: 4096 }), 23);
+    assert_eq!(vm.link_nodes(), 12);
     // Without links the object index and link tree need nothing.
     let b = Vm::with_granule(0..1 << 48, 0..0, 4096)
         .expect("geometry")
