@@ -5,6 +5,9 @@
 #[path = "../../tests/src/model.rs"]
 pub mod model;
 
+#[path = "../../tests/src/sink.rs"]
+pub mod sink;
+
 #[path = "../../tests/src/harness.rs"]
 pub mod harness;
 
