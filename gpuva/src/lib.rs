@@ -117,6 +117,10 @@ pub mod design {}
 pub mod semantics {}
 mod error;
 mod index;
+/// The repository README's examples, compiled and run as doctests.
+#[cfg(all(doctest, feature = "alloc"))]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
 mod link;
 mod node;
 mod reserve;
