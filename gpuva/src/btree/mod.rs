@@ -433,13 +433,7 @@ impl<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Tree<D, L, P, Kd> {
         if spare.len() < insert_nodes(self.height) {
             return false;
         }
-        if self.root.is_none() {
-            let Some(leaf) = take(spare, Kd::new_leaf()) else {
-                return false;
-            };
-            self.root = Some(leaf);
-            self.height = 1;
-        }
+        // An empty tree has no leaf to work in: the general path creates the root if needed.
         let Some(root) = self.root.as_mut() else {
             return false;
         };
