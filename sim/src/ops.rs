@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use gpuva::{BoxNode, GpuVm, LinkPin, Mapping, ObjId, Op, StepError};
+use gpuva::{BoxNode, GpuVm, LinkPin, Mapping, ObjId, Op, RangeError, SmVisitor, StepError};
 
 use crate::trace::{Request, Trace};
 
@@ -101,10 +101,21 @@ impl Driver {
     ///
     /// [`ReplayError::Geometry`] if the geometry is unusable.
     pub fn new(trace: &Trace, links: Links) -> Result<Self, ReplayError> {
-        let vm = new_vm(trace, links)?;
+        Ok(Self::from_vm(new_vm(trace, links)?))
+    }
+
+    /// A driver over `vm`.
+    #[must_use]
+    pub fn from_vm(vm: Vm) -> Self {
         let b = vm.bounds();
         let keep = b.map_obj.max(b.unmap) + b.link + SPARE_SLACK;
-        Ok(Self { vm, keep })
+        Self { vm, keep }
+    }
+
+    /// Spare nodes cleanup leaves in the cache.
+    #[must_use]
+    pub fn keep(&self) -> usize {
+        self.keep
     }
 
     /// Runs one request: prepare, run (each op to `sink`), cleanup. `Ok(Err(reason))` for a
@@ -119,10 +130,36 @@ impl Driver {
         req: Request,
         sink: impl FnMut(Op),
     ) -> Result<Result<(), &'static str>, ReplayError> {
+        let (req, _) = to_request(req);
+        Ok(self
+            .run(req, &mut gpuva::Record::new(sink))?
+            .map_err(RangeError::as_str))
+    }
+
+    /// Runs one gpuva request through `visitor` with the whole driver flow: prepare (claim the
+    /// bound, allocating what the spare cache lacks; obtain and pin the link of a map's object),
+    /// run ([`GpuVm::step`]), cleanup (release the claim, put the pin, trim the cache and free
+    /// the surplus). `Ok(Err(e))` for a request refused for its range (nothing changed).
+    ///
+    /// # Errors
+    ///
+    /// [`ReplayError`] if memory runs out or gpuva refuses the request for another reason
+    /// (including a visitor error).
+    #[inline]
+    pub fn run<V: SmVisitor<()>>(
+        &mut self,
+        req: gpuva::Request,
+        visitor: &mut V,
+    ) -> Result<Result<(), RangeError>, ReplayError>
+    where
+        V::Error: core::fmt::Display,
+    {
         let vm = &mut self.vm;
-        let (req, obj) = to_request(req);
-        let obj = obj.filter(|_| vm.has_links());
-        // Prepare: claim the bound (allocating what the spare cache lacks), pin the link.
+        let obj = match req {
+            gpuva::Request::Map(m) if vm.has_links() => m.obj,
+            _ => None,
+        };
+        // Prepare.
         let need = vm.nodes_for(&req) + obj.map_or(0, |_| vm.link_nodes());
         let mut claim = vm.reserve_boxed(need)?;
         let pin: Option<LinkPin> = match obj {
@@ -130,8 +167,8 @@ impl Driver {
             None => None,
         };
         // Run.
-        let outcome = vm.step(req, &mut claim, &mut gpuva::Record::new(sink));
-        // Cleanup: give back what is left of the claim and the pin, free the cache's surplus.
+        let outcome = vm.step(req, &mut claim, visitor);
+        // Cleanup.
         let released = vm.release(claim).is_ok();
         if let Some(pin) = pin {
             vm.link_put(pin).map_err(|(_, e)| e)?;
@@ -140,7 +177,7 @@ impl Driver {
         debug_assert!(released, "the claim is this VA space's");
         match outcome {
             Ok(()) => Ok(Ok(())),
-            Err(StepError::Range(e)) => Ok(Err(e.as_str())),
+            Err(StepError::Range(e)) => Ok(Err(e)),
             Err(e) => Err(ReplayError::Step(e.to_string())),
         }
     }
