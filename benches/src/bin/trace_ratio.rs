@@ -10,12 +10,27 @@
 //! neighbour slowing one whole round).
 //!
 //! Run: `cargo run --release -p benches --bin trace_ratio -- [--rounds K] [--no-links] FILE...`
-//! (`--no-links` adds a third, labelled replayer: gpuva `without_links`).
+//! (`--no-links` adds a third, labelled replayer: gpuva `without_links`; `--only gpuva` or
+//! `--only btree` (or `none`: parsing only) replays with one of them alone and prints its line, for profilers).
 
 use std::process::ExitCode;
 
 use benches::trace_peer::SplitTreeReplayer;
 use sim::ops::{time_run, BenchRun, Driver, Links};
+
+/// A replayer that does nothing (`--only none`).
+struct Nothing;
+
+impl sim::ops::Replayer for Nothing {
+    fn replay_request(&mut self, req: sim::trace::Request) -> Result<usize, sim::ops::ReplayError> {
+        std::hint::black_box(req);
+        Ok(0)
+    }
+
+    fn mappings(&self) -> usize {
+        0
+    }
+}
 
 fn median_f(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -25,6 +40,7 @@ fn median_f(mut v: Vec<f64>) -> f64 {
 fn run() -> Result<(), String> {
     let mut rounds = 7usize;
     let mut no_links = false;
+    let mut only: Option<String> = None;
     let mut files = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -37,11 +53,32 @@ fn run() -> Result<(), String> {
                     .ok_or("--rounds takes a positive number")?;
             }
             "--no-links" => no_links = true,
+            "--only" => only = Some(args.next().ok_or("--only takes gpuva or btree")?),
             _ => files.push(a),
         }
     }
     if files.is_empty() {
         return Err("usage: trace_ratio [--rounds K] [--no-links] FILE...".into());
+    }
+    if let Some(which) = only {
+        for f in &files {
+            let text = std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?;
+            let trace = sim::trace::parse(&text).map_err(|e| format!("{f}: {e}"))?;
+            let err = |e: sim::ops::ReplayError| format!("{f}: {e}");
+            let run = match which.as_str() {
+                "gpuva" => time_run(&trace, &mut Driver::new(&trace, Links::On).map_err(err)?),
+                "gpuva-nolinks" => {
+                    time_run(&trace, &mut Driver::new(&trace, Links::Off).map_err(err)?)
+                }
+                "btree" => time_run(&trace, &mut SplitTreeReplayer::new(&trace)),
+                // Parsing and the loop alone: the baseline a profile subtracts.
+                "none" => time_run(&trace, &mut Nothing),
+                _ => return Err("--only takes gpuva, gpuva-nolinks, btree or none".into()),
+            }
+            .map_err(err)?;
+            println!("{which} {f}: {}", run.line());
+        }
+        return Ok(());
     }
     println!(
         "| trace | requests | final mappings | gpuva ns/req | {}btree ns/req | gpuva/btree (medians) | gpuva/btree (median of rounds) |{}",
