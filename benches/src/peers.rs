@@ -1,15 +1,16 @@
-//! The three trackers behind one trait: gpuva, the `BTreeMap` split tree and rangemap.
+//! The trackers behind one trait: gpuva (with and without object links), the `BTreeMap` split
+//! tree and rangemap.
 
 use std::hint::black_box;
 
 use gpuva::{
-    BoxNode, GpuVm, NodePool, NodeReserve, OneBucket, OpMap, OpMapped, OpRemap, OpRemapped,
-    OpUnmap, OpUnmapped, Request, RetiredList, SmVisitor, MAX_MAP_NODES, MAX_UNMAP_NODES,
+    BoxNode, GpuVm, OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped, Request, SmVisitor,
 };
 use rangemap::RangeMap;
+use sim::ops::Driver;
 
 use crate::split_tree::SplitTree;
-use crate::workload::SPACE;
+use crate::workload::{PAGE, SPACE};
 
 /// A VA tracker the benchmarks can drive with a request stream.
 pub trait Tracker {
@@ -19,7 +20,7 @@ pub trait Tracker {
     fn live(&self) -> usize;
 }
 
-/// The gpuva node type used by the benchmarks (no driver payload).
+/// The gpuva node type used by the benchmarks (no driver payload, no link payload).
 pub type Node = BoxNode<()>;
 
 /// A visitor that applies every step and hands each op's description to [`black_box`], as the
@@ -27,125 +28,90 @@ pub type Node = BoxNode<()>;
 #[derive(Debug, Default)]
 pub struct Touch;
 
-impl SmVisitor<(), Node> for Touch {
+impl SmVisitor<()> for Touch {
     type Error = core::convert::Infallible;
 
-    fn step_map<'op>(&mut self, op: OpMap<'op, (), Node>) -> Result<OpMapped<'op>, Self::Error> {
+    fn step_map<'op>(&mut self, op: OpMap<'op, ()>) -> Result<OpMapped<'op>, Self::Error> {
         black_box(op.mapping());
         Ok(op.insert(()))
     }
 
-    fn step_remap<'op>(
-        &mut self,
-        op: OpRemap<'op, (), Node>,
-    ) -> Result<OpRemapped<'op>, Self::Error> {
+    fn step_remap<'op>(&mut self, op: OpRemap<'op, ()>) -> Result<OpRemapped<'op>, Self::Error> {
         black_box((op.va().mapping(), op.keep(), op.prev(), op.next()));
         Ok(op.remap())
     }
 
-    fn step_unmap<'op>(
-        &mut self,
-        op: OpUnmap<'op, (), Node>,
-    ) -> Result<OpUnmapped<'op>, Self::Error> {
+    fn step_unmap<'op>(&mut self, op: OpUnmap<'op, ()>) -> Result<OpUnmapped<'op>, Self::Error> {
         black_box((op.va().mapping(), op.keep()));
         Ok(op.remove())
     }
 }
 
-/// A boxed bucket directory ([`GpuVm::with_capacity`]).
-pub type Dir = Box<[Option<Node>]>;
-
-/// gpuva with heap nodes ([`BoxNode`]) and bucket directory `B`: [`OneBucket`] (one treap,
-/// [`GpuVm::new`]) or [`Dir`] ([`GpuVm::with_capacity`]).
+/// gpuva with heap nodes ([`BoxNode`]) over [`SPACE`] at 4 KiB granularity, driven exactly as
+/// `vmsim ops --bench` drives it ([`sim::ops::Driver::run`]).
 ///
-/// [`Tracker::apply`] is the full per-request cost a driver pays: prepare (allocate a
-/// [`NodeReserve`] of the worst case), run (walk, apply, retire) and cleanup (free the unused
-/// reserved nodes and the retired ones). [`GpuvaTracker::run`] is the run stage alone, with nodes
-/// from a prefilled pool and retired nodes kept until [`GpuvaTracker::cleanup`].
+/// [`Tracker::apply`] is the full per-request cost a driver pays: prepare (claim the request's
+/// bound and, for a map of an object, a link's, allocating the spare cache's shortfall; obtain
+/// and pin the link), run (walk and apply) and cleanup (release the claim, put the pin, trim the
+/// spare cache). With links off ([`GpuvaTracker::without_links`]) there is no link step.
 #[derive(Debug)]
-pub struct GpuvaTracker<B = OneBucket<Node>> {
-    /// The VA space.
-    pub vm: GpuVm<(), Node, B>,
-    retired: RetiredList<(), Node>,
+pub struct GpuvaTracker {
+    /// The driver (and its VA space: `driver.vm`).
+    pub driver: Driver,
 }
 
 impl GpuvaTracker {
-    /// An empty VA space over [`SPACE`] with one bucket (a single treap).
+    /// An empty VA space over [`SPACE`] with object links.
     ///
     /// # Panics
     ///
     /// Never: [`SPACE`] is a valid space.
     #[must_use]
     pub fn new() -> Self {
-        Self {
-            vm: GpuVm::new(SPACE, 0..0).expect("SPACE is a valid VA space"),
-            retired: RetiredList::new(),
-        }
+        Self::from_vm(GpuVm::with_granule(SPACE, 0..0, PAGE).expect("SPACE is a valid VA space"))
     }
-}
 
-impl GpuvaTracker<Dir> {
-    /// An empty VA space over [`SPACE`] with a directory sized for `mappings`
-    /// ([`GpuVm::with_capacity`]: about one bucket per two mappings, buckets of equal address width
-    /// across the whole space).
+    /// An empty VA space over [`SPACE`] without object links (`GpuVm::without_links`).
     ///
     /// # Panics
     ///
-    /// If the directory cannot be allocated.
+    /// Never: [`SPACE`] is a valid space.
     #[must_use]
-    pub fn with_capacity(mappings: usize) -> Self {
+    pub fn without_links() -> Self {
+        Self::from_vm(
+            GpuVm::with_granule(SPACE, 0..0, PAGE)
+                .expect("SPACE is a valid VA space")
+                .without_links(),
+        )
+    }
+
+    fn from_vm(vm: GpuVm<(), Node>) -> Self {
         Self {
-            vm: GpuVm::with_capacity(SPACE, 0..0, mappings).expect("directory allocation"),
-            retired: RetiredList::new(),
+            driver: Driver::from_vm(vm),
         }
     }
 
-    /// The maintenance step a driver runs outside the fence-signalling path (for example after a
-    /// batch of binds): if [`GpuVm::rebucket_advice`] says so, fit a new directory to the mappings.
-    ///
-    /// # Panics
-    ///
-    /// If the directory cannot be allocated.
-    pub fn maintain(&mut self) {
-        if let Some(n) = self.vm.rebucket_advice() {
-            let dir = gpuva::alloc_buckets(n).expect("directory allocation");
-            let old = self
-                .vm
-                .rebucket(dir)
-                .map_err(|(_, e)| e)
-                .expect("fresh directory");
-            drop(old);
-        }
+    /// The VA space.
+    #[must_use]
+    pub fn vm(&self) -> &GpuVm<(), Node> {
+        &self.driver.vm
     }
-}
 
-impl<B: core::ops::DerefMut<Target = [Option<Node>]>> GpuvaTracker<B> {
-    /// The run stage of one request: nodes come from `pool`, removed nodes are retired.
+    /// The full flow of one request through `visitor`.
     ///
     /// # Panics
     ///
-    /// If the request is invalid or `pool` holds fewer than the worst case of the request.
+    /// If the request is invalid or memory runs out.
     #[inline]
-    pub fn run(&mut self, req: &Request, pool: &mut impl NodePool<Node>) {
-        match *req {
-            Request::Map(m) => self.vm.sm_map(m, pool, &mut self.retired, &mut Touch),
-            Request::Unmap { addr, len } => self
-                .vm
-                .sm_unmap(addr, len, pool, &mut self.retired, &mut Touch)
-                .map_err(|_| gpuva::MapError::ReservationExhausted),
-        }
-        .expect("valid request with a sufficient pool");
-    }
-
-    /// Frees the nodes retired by [`GpuvaTracker::run`].
-    pub fn cleanup(&mut self) {
-        while self.retired.pop().is_some() {}
-    }
-
-    /// Nodes retired and not yet freed.
-    #[must_use]
-    pub fn retired(&self) -> usize {
-        self.retired.len()
+    pub fn apply_with<V>(&mut self, req: &Request, visitor: &mut V)
+    where
+        V: SmVisitor<()>,
+        V::Error: core::fmt::Display,
+    {
+        self.driver
+            .run(*req, visitor)
+            .expect("memory (benchmark)")
+            .expect("valid request");
     }
 }
 
@@ -155,25 +121,14 @@ impl Default for GpuvaTracker {
     }
 }
 
-impl<B: core::ops::DerefMut<Target = [Option<Node>]>> Tracker for GpuvaTracker<B> {
+impl Tracker for GpuvaTracker {
     #[inline]
     fn apply(&mut self, req: &Request) {
-        let worst = match req {
-            Request::Map(_) => MAX_MAP_NODES,
-            Request::Unmap { .. } => MAX_UNMAP_NODES,
-        };
-        // Prepare.
-        let mut reserve =
-            NodeReserve::<Node>::try_alloc(worst).expect("node allocation (benchmark)");
-        // Run.
-        self.run(req, &mut reserve);
-        // Cleanup.
-        drop(reserve);
-        self.cleanup();
+        self.apply_with(req, &mut Touch);
     }
 
     fn live(&self) -> usize {
-        self.vm.len()
+        self.driver.vm.len()
     }
 }
 

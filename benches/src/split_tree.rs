@@ -139,68 +139,56 @@ impl SplitTree {
 
 #[cfg(test)]
 mod tests {
-    use gpuva::{BoxNode, GpuVm, NodeReserve, Op, Request, RetiredList};
+    use gpuva::{Op, Record, Request};
 
     use super::SplitTree;
-    use crate::workload::{plan, Workload, SPACE};
+    use crate::peers::{GpuvaTracker, Tracker};
+    use crate::workload::{plan, Workload};
 
-    /// Runs set-up and churn of `w` through gpuva (recording ops with `sm_*_walk`, then applying) and
-    /// through the split tree; every request must give the same op sequence.
-    fn same_ops(w: Workload, n: usize) {
+    /// Runs set-up and churn of `w` through gpuva (recording each request's ops with `walk`, then
+    /// applying it through the full driver flow with a recording visitor) and through the split
+    /// tree; every request must give the same op sequence, three times over.
+    fn same_ops(w: Workload, n: usize, links: bool) {
         let p = plan(w, n, 4 * n, 7);
-        let mut vm = GpuVm::<(), BoxNode<()>>::new(SPACE, 0..0).expect("valid space");
-        let mut retired = RetiredList::new();
+        let mut g = if links {
+            GpuvaTracker::new()
+        } else {
+            GpuvaTracker::without_links()
+        };
         let mut tree = SplitTree::new();
-        let (mut want, mut got) = (Vec::new(), Vec::new());
+        let (mut walked, mut stepped, mut got) = (Vec::new(), Vec::new(), Vec::new());
         let mut kinds = [0usize; 3];
         for (i, r) in p.setup.iter().chain(&p.churn).enumerate() {
-            want.clear();
+            walked.clear();
+            stepped.clear();
             got.clear();
+            g.vm()
+                .walk(*r, |op| {
+                    walked.push(op);
+                    Ok::<(), ()>(())
+                })
+                .expect("valid request");
+            g.apply_with(r, &mut Record::new(|op| stepped.push(op)));
             match *r {
-                Request::Map(m) => {
-                    vm.sm_map_walk(m, |op| {
-                        want.push(op);
-                        Ok::<(), ()>(())
-                    })
-                    .expect("valid request");
-                    vm.map(
-                        m,
-                        &mut NodeReserve::try_alloc(3).expect("alloc"),
-                        &mut retired,
-                    )
-                    .expect("map");
-                    tree.sm_map(m, |op| got.push(op));
-                }
-                Request::Unmap { addr, len } => {
-                    vm.sm_unmap_walk(addr, len, |op| {
-                        want.push(op);
-                        Ok::<(), ()>(())
-                    })
-                    .expect("valid request");
-                    vm.unmap(
-                        addr,
-                        len,
-                        &mut NodeReserve::try_alloc(2).expect("alloc"),
-                        &mut retired,
-                    )
-                    .expect("unmap");
-                    tree.sm_unmap(addr, len, |op| got.push(op));
-                }
+                Request::Map(m) => tree.sm_map(m, |op| got.push(op)),
+                Request::Unmap { addr, len } => tree.sm_unmap(addr, len, |op| got.push(op)),
             }
-            assert_eq!(want, got, "{w:?}: request {i} ({r:?})");
-            for op in &want {
+            assert_eq!(walked, got, "{w:?}: request {i} ({r:?})");
+            assert_eq!(stepped, got, "{w:?}: request {i} ({r:?})");
+            for op in &got {
                 kinds[match op {
                     Op::Map(_) => 0,
                     Op::Remap { .. } => 1,
                     Op::Unmap { .. } => 2,
                 }] += 1;
             }
-            while retired.pop().is_some() {}
         }
         assert!(
-            vm.iter().map(|v| v.mapping()).eq(tree.iter()),
+            g.vm().iter().map(|v| v.mapping()).eq(tree.iter()),
             "{w:?}: trees differ"
         );
+        assert_eq!(g.live(), tree.len());
+        g.vm().check_invariants().expect("consistent");
         // The workloads exercise every op kind (dense replaces whole pages: no `Remap`).
         let remaps_expected = w != Workload::Dense;
         assert!(
@@ -211,16 +199,19 @@ mod tests {
 
     #[test]
     fn same_ops_as_gpuva_churn() {
-        same_ops(Workload::Churn, 3000);
+        same_ops(Workload::Churn, 3000, true);
+        same_ops(Workload::Churn, 1000, false);
     }
 
     #[test]
     fn same_ops_as_gpuva_dense() {
-        same_ops(Workload::Dense, 3000);
+        same_ops(Workload::Dense, 3000, true);
+        same_ops(Workload::Dense, 1000, false);
     }
 
     #[test]
     fn same_ops_as_gpuva_tiles() {
-        same_ops(Workload::Tiles, 3000);
+        same_ops(Workload::Tiles, 3000, true);
+        same_ops(Workload::Tiles, 1000, false);
     }
 }

@@ -190,6 +190,20 @@ fn tiles(n: usize, churn_len: usize, rng: &mut XorShift) -> Plan {
     Plan { setup, churn }
 }
 
+/// `p` with its objects folded onto `k` objects (`1 + (id - 1) % k`; NULL mappings stay NULL):
+/// many mappings per object.
+#[must_use]
+pub fn with_objects(mut p: Plan, k: u64) -> Plan {
+    let fold = |r: &mut Request| {
+        if let Request::Map(m) = r {
+            m.obj = m.obj.and_then(|o| ObjId::new(1 + (o.get() - 1) % k.max(1)));
+        }
+    };
+    p.setup.iter_mut().for_each(fold);
+    p.churn.iter_mut().for_each(fold);
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::{plan, Workload};

@@ -26,6 +26,11 @@ enum Command {
         /// With --bench: run the trace this many times on fresh VA spaces, report the median.
         #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         bench_repeat: u32,
+        /// Replay without object links (`GpuVm::without_links`: pure VA bookkeeping); the
+        /// `--bench` line then ends with `links off`. The default keeps a link per object, as a
+        /// driver does, and its flow (obtain and pin in prepare, put in cleanup) is timed.
+        #[arg(long)]
+        no_links: bool,
     },
 }
 
@@ -50,7 +55,13 @@ fn run(cli: Cli) -> Result<(), String> {
             file,
             bench,
             bench_repeat,
+            no_links,
         } => {
+            let links = if no_links {
+                sim::ops::Links::Off
+            } else {
+                sim::ops::Links::On
+            };
             let name = file
                 .as_ref()
                 .map_or_else(|| "<stdin>".to_owned(), |p| p.display().to_string());
@@ -58,10 +69,13 @@ fn run(cli: Cli) -> Result<(), String> {
             let trace = sim::trace::parse(&text).map_err(|e| format!("{name}: {e}"))?;
             if bench || bench_repeat > 1 {
                 let repeat = usize::try_from(bench_repeat).map_err(|e| e.to_string())?;
-                let run = sim::ops::bench(&trace, repeat).map_err(|e| format!("{name}: {e}"))?;
-                println!("{}", run.line());
+                let run =
+                    sim::ops::bench(&trace, repeat, links).map_err(|e| format!("{name}: {e}"))?;
+                let label = if no_links { " links off" } else { "" };
+                println!("{}{label}", run.line());
             } else {
-                let out = sim::ops::replay(&trace).map_err(|e| format!("{name}: {e}"))?;
+                let out =
+                    sim::ops::replay_with(&trace, links).map_err(|e| format!("{name}: {e}"))?;
                 print!("{out}");
             }
             Ok(())
