@@ -189,3 +189,23 @@ impl fmt::Display for OpError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_round_trip_into_driver_bits_and_attrs() {
+        let f = MapFlags {
+            read_only: true,
+            no_exec: false,
+            uncached: true,
+        };
+        assert_eq!(f.va_flags().bits() >> gpuva::VaFlags::USER_SHIFT, 0b101);
+        let a = f.attrs();
+        assert!(a.read_only && !a.no_exec);
+        assert_eq!(a.mem, pagetable::MemType::NonCached);
+        assert_eq!(BindOp::SyncOnly.range(), None);
+        assert_eq!(BindOp::Unmap { va: 8, len: 4 }.range(), Some(8..12));
+    }
+}

@@ -40,9 +40,14 @@
 //!   owes exactly one TLB invalidation, done before the out-fence is signalled.
 //! * **cleanup** frees what the run retired, only after that invalidation completed.
 //!
+//! [`queue`] adds software fences, FIFO bind queues driven by `poll` (in-fences, errors,
+//! timeouts) and the two orderings of synchronous binds, `Fifo` and `RangeOrdered`, with the
+//! contract difference drawn on a timeline.
+//!
 //! # Examples
 //!
 //! ```
+//! # #[cfg(feature = "alloc")] fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use pagetable::{Chunk, Format, PhysAddr, VecPool};
 //! use vmbind::{BindJob, BindOp, MapFlags, Mmu, ObjRef, ObjectRegistry, Vm, VmConfig};
 //! use gpuva::ObjId;
@@ -89,7 +94,8 @@
 //! let t = vm.page_table().translate(vm.memory(), pagetable::VirtAddr::new(0x20_2000))?;
 //! assert_eq!(t.map(|t| t.pa.as_u64()), Some((3 << 32) + 0x2000));
 //! assert_eq!(vm.va_space().len(), 2);
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # Ok(()) }
+//! # #[cfg(not(feature = "alloc"))] fn main() {}
 //! ```
 //!
 //! # Features
@@ -107,6 +113,8 @@ use core::fmt;
 
 mod job;
 mod obj;
+#[cfg(feature = "alloc")]
+pub mod queue;
 #[cfg(feature = "alloc")]
 mod vm;
 

@@ -8,6 +8,7 @@
 //!
 //! The allocator never panics: it bumps const-initialised thread-locals, and the tests assert
 //! afterwards. The signalling section is seen through the test MMU's begin/end hooks.
+#![cfg(feature = "alloc")]
 #![allow(
     clippy::disallowed_methods,
     clippy::disallowed_macros,

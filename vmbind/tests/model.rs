@@ -1,5 +1,6 @@
 //! prepare/run/cleanup on random multi-op jobs against a page-granular reference model, with the
 //! page tables decoded by an independent walker.
+#![cfg(feature = "alloc")]
 #![allow(clippy::disallowed_methods, clippy::disallowed_macros)]
 
 mod common;

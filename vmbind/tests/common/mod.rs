@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use gpuva::ObjId;
 use pagetable::{Chunk, Format, PhysAddr, TableMemory, VecPool};
-use vmbind::{BindOp, MapFlags, Mmu, ObjRef, ObjectRegistry, Vm, VmConfig};
+use vmbind::{BindOp, JobFence, MapFlags, Mmu, ObjRef, ObjectRegistry, Vm, VmConfig};
 
 pub const PAGE: u64 = 0x1000;
 pub const MIB2: u64 = 0x20_0000;
@@ -196,7 +196,13 @@ pub fn format() -> Format {
     Format::panthor(48).unwrap().with_oa_bits(40).unwrap()
 }
 
+pub type AnyVm<F> = Vm<Bo, VecPool, TestMmu, F>;
+
 pub fn new_vm() -> TestVm {
+    new_vm_with()
+}
+
+pub fn new_vm_with<F: JobFence>() -> AnyVm<F> {
     let fmt = format();
     let pool = VecPool::new(fmt.granule(), PhysAddr::new(0x80_0000_0000 >> 2)).unwrap();
     let mut cfg = VmConfig::new(fmt, 0x1000..1 << 47);
@@ -240,7 +246,7 @@ pub type PtPage = (u64, bool, bool);
 
 /// Decodes the page tables from raw descriptors (VMSAv8-64, 4 KiB granule, 4 levels), without
 /// using the pagetable crate's walker: every valid page, VA -> (PA, RO, XN).
-pub fn decode_tables(vm: &TestVm) -> BTreeMap<u64, PtPage> {
+pub fn decode_tables<F: JobFence>(vm: &AnyVm<F>) -> BTreeMap<u64, PtPage> {
     let mut out = BTreeMap::new();
     walk(vm.memory(), vm.page_table().root().as_u64(), 0, 0, &mut out);
     out
@@ -285,7 +291,7 @@ pub fn expected_tables(model: &Model, reg: &Registry) -> BTreeMap<u64, PtPage> {
 }
 
 /// The VA tree expanded to pages.
-pub fn tree_pages(vm: &TestVm) -> BTreeMap<u64, (u64, u64, u32)> {
+pub fn tree_pages<F: JobFence>(vm: &AnyVm<F>) -> BTreeMap<u64, (u64, u64, u32)> {
     let mut out = BTreeMap::new();
     for va in vm.va_space().iter() {
         let obj = va.obj().map_or(0, |o| o.get());
@@ -305,7 +311,7 @@ pub fn model_tree(model: &Model) -> BTreeMap<u64, (u64, u64, u32)> {
 }
 
 /// Checks tree, tables and links against the model.
-pub fn check(vm: &TestVm, model: &Model, reg: &Registry) {
+pub fn check<F: JobFence>(vm: &AnyVm<F>, model: &Model, reg: &Registry) {
     vm.va_space().check_invariants().expect("gpuva invariants");
     assert_eq!(
         tree_pages(vm),
