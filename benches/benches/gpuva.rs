@@ -163,7 +163,10 @@ fn bench_gpuva(
             for _ in 0..iters {
                 let addr = match ls.next_req() {
                     Request::Map(m) => m.addr,
-                    Request::Unmap { addr, .. } => *addr,
+                    Request::Unmap { addr, .. }
+                    | Request::Prefetch { addr, .. }
+                    | Request::Split { addr, .. } => *addr,
+                    Request::UnmapObject { .. } => 0,
                 };
                 black_box(g.vm().lookup(black_box(addr)));
             }

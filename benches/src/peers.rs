@@ -149,6 +149,8 @@ impl Tracker for SplitTreeTracker {
             Request::Unmap { addr, len } => self.tree.sm_unmap(addr, len, |op| {
                 black_box(op);
             }),
+            // The gpuva extension requests have no peer.
+            _ => {}
         }
     }
 
@@ -174,6 +176,7 @@ impl Tracker for RangemapTracker {
                 (m.obj.map_or(0, |o| o.get()), m.offset.wrapping_sub(m.addr)),
             ),
             Request::Unmap { addr, len } => self.map.remove(addr..addr + len),
+            _ => {}
         }
     }
 

@@ -172,6 +172,7 @@ mod tests {
             match *r {
                 Request::Map(m) => tree.sm_map(m, |op| got.push(op)),
                 Request::Unmap { addr, len } => tree.sm_unmap(addr, len, |op| got.push(op)),
+                _ => unreachable!("the workloads hold maps and unmaps only"),
             }
             assert_eq!(walked, got, "{w:?}: request {i} ({r:?})");
             assert_eq!(stepped, got, "{w:?}: request {i} ({r:?})");
@@ -179,7 +180,7 @@ mod tests {
                 kinds[match op {
                     Op::Map(_) => 0,
                     Op::Remap { .. } => 1,
-                    Op::Unmap { .. } => 2,
+                    Op::Unmap { .. } | Op::Prefetch(_) => 2,
                 }] += 1;
             }
         }

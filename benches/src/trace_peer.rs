@@ -69,6 +69,8 @@ impl SplitTreeReplayer {
                 }
                 self.tree.sm_unmap(addr, size, sink);
             }
+            // The extension requests have no peer.
+            _ => return false,
         }
         true
     }

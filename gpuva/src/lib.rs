@@ -116,6 +116,7 @@ pub mod design {}
 #[doc = include_str!("../../docs/semantics.md")]
 pub mod semantics {}
 mod error;
+mod ext;
 mod index;
 /// The repository README's examples, compiled and run as doctests.
 #[cfg(all(doctest, feature = "alloc"))]
@@ -137,8 +138,8 @@ pub use reserve::{Bounds, Claim, ReserveError};
 #[cfg(feature = "alloc")]
 pub use sm::OpList;
 pub use sm::{
-    Apply, Op, OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped, Piece, Plan, Record,
-    Request, SmVisitor,
+    Apply, Op, OpMap, OpMapped, OpPrefetch, OpPrefetched, OpRemap, OpRemapped, OpUnmap, OpUnmapped,
+    Piece, Plan, Record, Request, SmVisitor,
 };
 pub use va::{GpuVa, Mapping, ObjId, VaFlags};
 pub use vm::{GpuVm, VaCursor};

@@ -23,6 +23,13 @@
 //! | map without object | 1 | 1 (a split's `next` piece) | 0 |
 //! | unmap | 1 (a split's `next` piece) | 1 | 0 |
 //! | [`GpuVm::link_obtain`] | 0 | 0 | 1 |
+//! | attribute split ([`Request::Split`]) | 2 (one `next` piece per cut, two cuts) | 2 | 0 |
+//! | unmap of an object ([`Request::UnmapObject`]) | 0 (removals only) | 0 | 0 |
+//! | prefetch ([`Request::Prefetch`]) | 0 (changes nothing) | 0 | 0 |
+//!
+//! A map under the merge policy ([`GpuVm::with_merge`]) is one map of the widened range: the
+//! same walk, the same inserts (the new mapping and at most one split `next` piece), so the same
+//! bound as a plain map.
 //!
 //! For a 2^48-byte space at 4 KiB granularity (`M = 2^36`) the heights are 10 (mappings), 11
 //! (object index) and 11 (links), so a map with an object reserves 11 + 2 * 12 = 35 nodes, a map
@@ -58,6 +65,7 @@ pub struct Bounds {
     pub map_null: usize,
     /// Nodes an unmap request needs.
     pub unmap: usize,
+
     /// Nodes [`GpuVm::link_obtain`] needs.
     pub link: usize,
 }
@@ -85,6 +93,26 @@ impl Bounds {
         }
     }
 
+    /// Nodes an attribute split ([`Request::Split`]) needs: two cuts, each an unmap's worth
+    /// (one `next` piece in the mapping tree and in the object index per cut).
+    #[must_use]
+    pub const fn split(&self) -> usize {
+        2 * self.unmap
+    }
+
+    /// Nodes an unmap of all mappings of an object ([`Request::UnmapObject`]) needs: none
+    /// (removals only give nodes back).
+    #[must_use]
+    pub const fn unmap_object(&self) -> usize {
+        0
+    }
+
+    /// Nodes a [`Request::Prefetch`] needs: none (it changes nothing).
+    #[must_use]
+    pub const fn prefetch(&self) -> usize {
+        0
+    }
+
     /// Nodes `req` needs at most.
     #[must_use]
     pub const fn for_request(&self, req: &Request) -> usize {
@@ -92,6 +120,9 @@ impl Bounds {
             Request::Map(m) if m.obj.is_some() => self.map_obj,
             Request::Map(_) => self.map_null,
             Request::Unmap { .. } => self.unmap,
+            Request::Split { .. } => self.split(),
+            Request::UnmapObject { .. } => self.unmap_object(),
+            Request::Prefetch { .. } => self.prefetch(),
         }
     }
 }

@@ -78,6 +78,8 @@ pub struct GpuVm<D, P: NodePtr<D, L>, L = ()> {
     pub(crate) claimed: usize,
     pub(crate) bounds: Bounds,
     pub(crate) links_on: bool,
+    /// The merge policy ([`GpuVm::with_merge`]).
+    pub(crate) merge: bool,
     /// Head of the zombie-link chain (raw object id; 0 for none).
     pub(crate) zombies: u64,
     generation: u64,
@@ -145,6 +147,7 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
             claimed: 0,
             bounds: Bounds::new(max, true),
             links_on: true,
+            merge: false,
             zombies: 0,
             generation: 0,
             id: NEXT_VM_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
@@ -345,7 +348,7 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
     }
 
     /// The mappings that start in `[lo, hi)`, ascending; one descent, then O(1) per step.
-    fn starting_in(&self, lo: u64, hi: u64) -> impl Iterator<Item = GpuVa<'_, D>> + '_ {
+    pub(crate) fn starting_in(&self, lo: u64, hi: u64) -> impl Iterator<Item = GpuVa<'_, D>> + '_ {
         let mut c = self.vas.seek(lo);
         let mut started = false;
         core::iter::from_fn(move || {
@@ -403,12 +406,13 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
         let w = match req {
             Request::Map(m) => {
                 self.check_range(m.addr, m.len).map_err(StepError::Range)?;
-                Walker::map(m)
+                self.map_walker(m)
             }
             Request::Unmap { addr, len } => {
                 let r = self.check_range(addr, len).map_err(StepError::Range)?;
                 Walker::unmap(r.start, r.end)
             }
+            _ => return self.step_ext(req, claim, visitor),
         };
         let need = self.bounds.for_request(&req);
         self.check_claim(claim, need).map_err(|e| match e {
@@ -477,12 +481,13 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
         let w = match req {
             Request::Map(m) => {
                 self.check_range(m.addr, m.len).map_err(OpsError::Range)?;
-                Walker::map(m)
+                self.map_walker(m)
             }
             Request::Unmap { addr, len } => {
                 let r = self.check_range(addr, len).map_err(OpsError::Range)?;
                 Walker::unmap(r.start, r.end)
             }
+            _ => return self.walk_ext(req, sink),
         };
         let (a0, e0) = w.bounds();
         for v in self.iter_range(a0..e0) {
@@ -558,7 +563,7 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
     }
 
     #[cfg(feature = "alloc")]
-    fn ops(&self, req: Request) -> Result<crate::OpList, OpsError> {
+    pub(crate) fn ops(&self, req: Request) -> Result<crate::OpList, OpsError> {
         let mut ops = alloc::vec::Vec::new();
         let plan = self.walk(req, |op| {
             ops.try_reserve(1).map_err(|_| crate::AllocError)?;
@@ -641,7 +646,7 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
     /// # Invariants
     ///
     /// The request was validated, its claim covered its bound, a map's object has a link.
-    fn walk_apply<V: SmVisitor<D>>(
+    pub(crate) fn walk_apply<V: SmVisitor<D>>(
         &mut self,
         w: &Walker,
         counted: Option<u64>,
@@ -1019,6 +1024,7 @@ impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> Walk<'_, D, L, P, V> {
             .step_map(OpMap {
                 pending: &mut pending,
                 mapping: req,
+                requested: self.w.requested(),
                 _inv: PhantomData,
             })
             .map(drop);
@@ -1202,6 +1208,7 @@ mod tests {
                         model.remove(&p);
                     }
                 }
+                _ => {}
             }
         }
 

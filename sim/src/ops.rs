@@ -58,7 +58,7 @@ pub enum ReplayError {
 pub fn new_vm(trace: &Trace, links: Links) -> Result<Vm, ReplayError> {
     let (start, size) = trace.space;
     let (rstart, rsize) = trace.reserve.unwrap_or((start, 0));
-    let vm = Vm::with_size(start, size, rstart, rsize)?;
+    let vm = Vm::with_size(start, size, rstart, rsize)?.with_merge(trace.merge);
     Ok(match links {
         Links::On => vm,
         Links::Off => vm.without_links(),
@@ -82,6 +82,9 @@ pub fn to_request(req: Request) -> (gpuva::Request, Option<ObjId>) {
             )
         }
         Request::Unmap { addr, size } => (gpuva::Request::Unmap { addr, len: size }, None),
+        Request::UnmapObject { obj } => (gpuva::Request::UnmapObject { obj }, None),
+        Request::Prefetch { addr, size } => (gpuva::Request::Prefetch { addr, len: size }, None),
+        Request::Split { addr, size } => (gpuva::Request::Split { addr, len: size }, None),
     }
 }
 
@@ -220,6 +223,13 @@ pub fn format_op(op: &Op) -> String {
             u8::from(*keep),
             piece(prev.as_ref()),
             piece(next.as_ref())
+        ),
+        Op::Prefetch(m) => format!(
+            "prefetch {:#x} {:#x} {} {:#x}",
+            m.addr,
+            m.len,
+            obj(m),
+            m.offset
         ),
     }
 }

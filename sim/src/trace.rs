@@ -23,6 +23,25 @@ pub enum Request {
         /// Size.
         size: u64,
     },
+    /// Extension `unmap-obj <obj>`: every mapping of a (non-zero) object, in address order.
+    UnmapObject {
+        /// The object.
+        obj: gpuva::ObjId,
+    },
+    /// Extension `prefetch <addr> <size>`.
+    Prefetch {
+        /// First address.
+        addr: u64,
+        /// Size.
+        size: u64,
+    },
+    /// Extension `split <addr> <size>`: attribute split at the edges of the range.
+    Split {
+        /// First address.
+        addr: u64,
+        /// Size.
+        size: u64,
+    },
 }
 
 /// A parsed trace: the VA space geometry and the requests in order.
@@ -34,6 +53,8 @@ pub struct Trace {
     pub reserve: Option<(u64, u64)>,
     /// The requests, in order.
     pub requests: Vec<Request>,
+    /// Extension `merge on`: the VA space's merge policy (off unless the line is present).
+    pub merge: bool,
 }
 
 /// A malformed trace: what is wrong and on which line (1-based).
@@ -73,6 +94,7 @@ pub fn parse(text: &str) -> Result<Trace, ParseError> {
     let mut space = None;
     let mut reserve = None;
     let mut requests = Vec::new();
+    let mut merge = false;
     for (idx, raw) in text.lines().enumerate() {
         let line = idx + 1;
         let content = raw.split('#').next().unwrap_or("");
@@ -130,6 +152,42 @@ pub fn parse(text: &str) -> Result<Trace, ParseError> {
                     size: number(line, "size", args[1])?,
                 });
             }
+            "merge" => {
+                want(1, "merge on")?;
+                if args[0] != "on" {
+                    return Err(err(line, "`merge` takes `on`"));
+                }
+                if space.is_none() || merge || !requests.is_empty() {
+                    return Err(err(
+                        line,
+                        "`merge on` must come after `space`, before the first request, once",
+                    ));
+                }
+                merge = true;
+            }
+            "unmap-obj" => {
+                want(1, "unmap-obj <obj>")?;
+                if space.is_none() {
+                    return Err(err(line, "the first request must be `space`"));
+                }
+                let obj = number(line, "object", args[0])?;
+                let obj = gpuva::ObjId::new(obj)
+                    .ok_or_else(|| err(line, "`unmap-obj` needs an object"))?;
+                requests.push(Request::UnmapObject { obj });
+            }
+            "prefetch" | "split" => {
+                want(2, "<prefetch|split> <addr> <size>")?;
+                if space.is_none() {
+                    return Err(err(line, "the first request must be `space`"));
+                }
+                let addr = number(line, "address", args[0])?;
+                let size = number(line, "size", args[1])?;
+                requests.push(if kw == "split" {
+                    Request::Split { addr, size }
+                } else {
+                    Request::Prefetch { addr, size }
+                });
+            }
             other => return Err(err(line, format_args!("unknown request `{other}`"))),
         }
     }
@@ -138,6 +196,7 @@ pub fn parse(text: &str) -> Result<Trace, ParseError> {
         space,
         reserve,
         requests,
+        merge,
     })
 }
 

@@ -1467,7 +1467,7 @@ impl Harness {
             let (v, keep) = match op {
                 Op::Unmap { va, keep } => (va, *keep),
                 Op::Remap { unmap, keep, .. } => (unmap, *keep),
-                Op::Map(_) => unreachable!(),
+                Op::Map(_) | Op::Prefetch(_) => unreachable!(),
             };
             // Ascending, disjoint, overlapping the request.
             assert!(last_end.is_none_or(|e| e <= v.addr), "ops out of order");

@@ -361,8 +361,16 @@ impl Model {
             Op::Unmap { va, .. } => {
                 self.remove_exact(va)?;
             }
+            Op::Prefetch(m) => {
+                let before = self.clone();
+                self.remove_exact(m)?;
+                *self = before;
+            }
             Op::Remap {
-                unmap, prev, next, ..
+                unmap,
+                prev,
+                next,
+                keep,
             } => {
                 if prev.is_none() && next.is_none() {
                     return Err(format!("Remap of {unmap:?} without pieces"));
@@ -402,7 +410,8 @@ impl Model {
                         hole.end = piece.addr;
                     }
                 }
-                if hole.is_empty() {
+                // Only an attribute-split cut (keep = true: nothing changes) has an empty hole.
+                if hole.is_empty() && !keep {
                     return Err(format!("Remap of {unmap:?} leaves no hole"));
                 }
             }
@@ -431,7 +440,7 @@ pub fn entries_inserted(op: &Op) -> usize {
     match op {
         Op::Map(_) => 1,
         Op::Remap { prev, next, .. } => usize::from(prev.is_some()) + usize::from(next.is_some()),
-        Op::Unmap { .. } => 0,
+        Op::Unmap { .. } | Op::Prefetch(_) => 0,
     }
 }
 
@@ -439,7 +448,7 @@ pub fn entries_inserted(op: &Op) -> usize {
 #[must_use]
 pub fn removed_by(op: &Op) -> Option<Mapping> {
     match op {
-        Op::Map(_) => None,
+        Op::Map(_) | Op::Prefetch(_) => None,
         Op::Remap { unmap, .. } => Some(*unmap),
         Op::Unmap { va, .. } => Some(*va),
     }

@@ -244,6 +244,9 @@ fn reservation_too_small_changes_nothing() {
             Request::Map(m) if m.obj.is_some() => b.map_obj,
             Request::Map(_) => b.map_null,
             Request::Unmap { .. } => b.unmap,
+            Request::Split { .. } => b.split(),
+            Request::UnmapObject { .. } => b.unmap_object(),
+            Request::Prefetch { .. } => b.prefetch(),
         };
         assert_eq!(need, want_need);
         for n in [0, 1, need / 2, need - 1] {
@@ -255,11 +258,7 @@ fn reservation_too_small_changes_nothing() {
                 available: n,
             };
             assert_eq!(vm.step(req, &mut claim, &mut rec), Err(want.clone()));
-            let list = match req {
-                Request::Map(m) => vm.sm_map_ops(m),
-                Request::Unmap { addr, len } => vm.sm_unmap_ops(addr, len),
-            }
-            .expect("valid");
+            let list = vm.request_ops(req).expect("valid");
             assert_eq!(list.nodes_needed(), need);
             assert_eq!(
                 vm.apply_ops(&list, &mut claim, &mut rec),
@@ -552,20 +551,14 @@ struct FailRun {
 fn map_obj(req: &Request) -> Option<ObjId> {
     match req {
         Request::Map(m) => m.obj,
-        Request::Unmap { .. } => None,
+        _ => None,
     }
 }
 
 /// Runs `req` on a fresh fixture with a visitor failing on step `k`.
 fn fail_at(req: Request, k: usize) -> FailRun {
     let mut vm = fixture();
-    let ops = match req {
-        Request::Map(m) => vm.sm_map_ops(m),
-        Request::Unmap { addr, len } => vm.sm_unmap_ops(addr, len),
-    }
-    .expect("valid")
-    .ops()
-    .to_vec();
+    let ops = vm.request_ops(req).expect("valid").ops().to_vec();
     let need = vm.nodes_for(&req);
     let (mut claim, pin) = prepare(&mut vm, need, map_obj(&req));
     let before = Snap::of(&vm);

@@ -278,11 +278,7 @@ fn churn_allocates_nothing(links: bool) {
         // A second claim for the stale re-apply, prepared here too.
         let mut spare_claim = vm.reserve_boxed(vm.nodes_for(&request)).expect("alloc");
         let list = vm.walk(request, |_| Ok::<(), ()>(())).expect("valid");
-        let ops = match request {
-            Request::Map(m) => vm.sm_map_ops(m),
-            Request::Unmap { addr, len } => vm.sm_unmap_ops(addr, len),
-        }
-        .expect("valid");
+        let ops = vm.request_ops(request).expect("valid");
         no_alloc("run stage", || {
             match shape {
                 0 => vm

@@ -104,11 +104,15 @@ impl Driver {
             self.vm.heights()
         );
         let kind = match req {
-            Request::Map(m) if m.obj.is_some() => 0,
-            Request::Map(_) => 1,
-            Request::Unmap { .. } => 2,
+            Request::Map(m) if m.obj.is_some() => Some(0),
+            Request::Map(_) => Some(1),
+            Request::Unmap { .. } => Some(2),
+            // The extension requests are measured by `gpuva_ext`.
+            _ => None,
         };
-        self.max_drawn[kind] = self.max_drawn[kind].max(drawn);
+        if let Some(kind) = kind {
+            self.max_drawn[kind] = self.max_drawn[kind].max(drawn);
+        }
         assert_eq!(claim.nodes(), 0, "the claim is used up by the bound");
         assert_eq!(self.vm.release(claim), Ok(()));
         if let Some(p) = pin {

@@ -2,7 +2,7 @@
 
 use core::ops::Range;
 
-use crate::va::Mapping;
+use crate::va::{Mapping, ObjId};
 
 /// One recorded split/merge operation (`drm_gpuva_op`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -27,6 +27,9 @@ pub enum Op {
         /// Whether it already translates as the request does.
         keep: bool,
     },
+    /// Prefetch (make resident) the backing of a mapping that overlaps a
+    /// [`Request::Prefetch`] range; changes nothing in the VA space.
+    Prefetch(Mapping),
 }
 
 impl Op {
@@ -37,6 +40,7 @@ impl Op {
         match self {
             Op::Map(m) => m.range(),
             Op::Unmap { va, .. } => va.range(),
+            Op::Prefetch(m) => m.addr..m.addr,
             Op::Remap {
                 unmap, prev, next, ..
             } => prev.map_or(unmap.addr, |p| p.end())..next.map_or(unmap.end(), |n| n.addr),
@@ -51,6 +55,29 @@ pub enum Request {
     Map(Mapping),
     /// An unmap of a range.
     Unmap {
+        /// First address.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Unmap every mapping of an object (GEM close), in ascending address order: one `Unmap`
+    /// (keep = false) per mapping. See [`crate::sm`], "Extensions".
+    UnmapObject {
+        /// The object.
+        obj: ObjId,
+    },
+    /// Prefetch a validated range: one [`Op::Prefetch`] per mapping overlapping it, ascending;
+    /// changes nothing.
+    Prefetch {
+        /// First address.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Attribute split: cut every mapping that straddles an edge of the range at that edge, so
+    /// the range is covered by whole mappings whose attributes can then be changed. Emits only
+    /// `Remap`s with an empty hole and keep = true; never unmaps, never maps.
+    Split {
         /// First address.
         addr: u64,
         /// Length.
@@ -125,7 +152,7 @@ impl OpList {
         self.ops.len()
     }
 
-    /// Whether the request changes nothing (an unmap of an empty range).
+    /// Whether the request has no ops (an unmap of an empty range, a split with nothing to cut).
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()

@@ -128,7 +128,9 @@ mod visit;
 pub use list::OpList;
 pub use list::{Op, Plan, Request};
 pub(crate) use ops::Pending;
-pub use ops::{OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped, Piece};
+pub use ops::{
+    OpMap, OpMapped, OpPrefetch, OpPrefetched, OpRemap, OpRemapped, OpUnmap, OpUnmapped, Piece,
+};
 pub use visit::{Apply, Record, SmVisitor};
 
 use crate::va::Mapping;
@@ -153,6 +155,21 @@ pub(crate) struct Walker {
     e0: u64,
     /// The map request; `None` for an unmap.
     map: Option<Mapping>,
+    /// How `keep` is decided (drm_gpuvm's rule unless an extension asks otherwise).
+    mode: Mode,
+    /// The range the caller asked for (differs from `a0..e0` only for a merged map).
+    requested: (u64, u64),
+}
+
+/// Which `keep` rule a [`Walker`] applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// drm_gpuvm's.
+    Plain,
+    /// A map widened by the merge policy: NULL mappings with the request's flags keep too.
+    Merged,
+    /// An attribute-split cut: every piece keeps its translations.
+    Cut,
 }
 
 impl Walker {
@@ -162,12 +179,44 @@ impl Walker {
             a0: req.addr,
             e0: req.end(),
             map: Some(req),
+            mode: Mode::Plain,
+            requested: (req.addr, req.end()),
         }
     }
 
     /// A walker for a validated unmap of `[a0, e0)`.
     pub(crate) fn unmap(a0: u64, e0: u64) -> Self {
-        Self { a0, e0, map: None }
+        Self {
+            a0,
+            e0,
+            map: None,
+            mode: Mode::Plain,
+            requested: (a0, e0),
+        }
+    }
+
+    /// A walker for the map `req` widened to `wide` by the merge policy (`wide` contains `req`
+    /// and translates every address of `req` as `req` does).
+    pub(crate) fn merged(req: Mapping, wide: Mapping) -> Self {
+        Self {
+            mode: Mode::Merged,
+            requested: (req.addr, req.end()),
+            ..Self::map(wide)
+        }
+    }
+
+    /// A walker that cuts the mapping straddling `at` in two (attribute split): an unmap of the
+    /// empty range `[at, at)`, whose one `Remap` keeps everything.
+    pub(crate) fn cut(at: u64) -> Self {
+        Self {
+            mode: Mode::Cut,
+            ..Self::unmap(at, at)
+        }
+    }
+
+    /// The range the caller asked for.
+    pub(crate) fn requested(&self) -> core::ops::Range<u64> {
+        self.requested.0..self.requested.1
     }
 
     /// Decides the op for `v`, an existing mapping that overlaps the request.
@@ -178,10 +227,16 @@ impl Walker {
     /// therefore of a smaller value from a larger one.
     pub(crate) fn step(&self, v: &Mapping) -> Step {
         debug_assert!(
-            v.addr < self.e0 && v.end() > self.a0,
+            v.addr < self.e0.max(self.a0.saturating_add(1)) && v.end() > self.a0,
             "walker fed a non-overlapping mapping"
         );
-        let keep = self.map.is_some_and(|r| v.same_backing(&r));
+        let keep = match self.mode {
+            Mode::Plain => self.map.is_some_and(|r| v.same_backing(&r)),
+            Mode::Merged => self.map.is_some_and(|r| {
+                v.same_backing(&r) || (v.obj.is_none() && r.obj.is_none() && v.flags == r.flags)
+            }),
+            Mode::Cut => true,
+        };
         let prev = (v.addr < self.a0).then(|| Mapping {
             len: self.a0 - v.addr,
             ..*v

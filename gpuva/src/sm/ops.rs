@@ -39,6 +39,7 @@ pub(crate) enum Pending<D> {
 pub struct OpMap<'op, D> {
     pub(crate) pending: &'op mut Pending<D>,
     pub(crate) mapping: Mapping,
+    pub(crate) requested: Range<u64>,
     pub(crate) _inv: Invariant<'op>,
 }
 
@@ -53,6 +54,17 @@ impl<'op, D> OpMap<'op, D> {
     #[must_use]
     pub fn range(&self) -> Range<u64> {
         self.mapping.range()
+    }
+
+    /// The range the request asked for. Equal to [`OpMap::range`] unless the VA space's merge
+    /// policy widened the map over mergeable neighbours ([`GpuVm::with_merge`]); the widened
+    /// parts were announced by `Unmap`/`Remap` steps with keep = true, so their page-table
+    /// entries already hold what the new mapping translates to.
+    ///
+    /// [`GpuVm::with_merge`]: crate::GpuVm::with_merge
+    #[must_use]
+    pub fn requested(&self) -> Range<u64> {
+        self.requested.clone()
     }
 
     /// Inserts the mapping with payload `data` (its node memory is already claimed).
@@ -178,6 +190,54 @@ impl<D> fmt::Debug for OpRemap<'_, D> {
             .field("prev", &self.prev)
             .field("next", &self.next)
             .finish()
+    }
+}
+
+/// Step `Prefetch`: one mapping overlapping a [`Request::Prefetch`](super::Request::Prefetch)
+/// range. Nothing in the VA space changes; the driver makes the backing resident.
+pub struct OpPrefetch<'op, D> {
+    pub(crate) seen: &'op mut bool,
+    pub(crate) node: GpuVa<'op, D>,
+    pub(crate) range: Range<u64>,
+    pub(crate) _inv: Invariant<'op>,
+}
+
+impl<'op, D> OpPrefetch<'op, D> {
+    /// The mapping, with its payload.
+    #[must_use]
+    pub fn va(&self) -> GpuVa<'op, D> {
+        self.node
+    }
+
+    /// The part of the mapping inside the prefetch range.
+    #[must_use]
+    pub fn range(&self) -> Range<u64> {
+        self.range.clone()
+    }
+
+    /// Acknowledges the step.
+    pub fn done(self) -> OpPrefetched<'op> {
+        *self.seen = true;
+        OpPrefetched(PhantomData)
+    }
+}
+
+impl<D> fmt::Debug for OpPrefetch<'_, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpPrefetch")
+            .field("va", &self.node.mapping())
+            .field("range", &self.range)
+            .finish()
+    }
+}
+
+/// Proof that an [`OpPrefetch`] was handled.
+#[must_use]
+pub struct OpPrefetched<'op>(Invariant<'op>);
+
+impl fmt::Debug for OpPrefetched<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OpPrefetched")
     }
 }
 

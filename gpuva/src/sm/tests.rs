@@ -96,7 +96,7 @@ fn vm_with(existing: &[Mapping]) -> Vm {
 fn run(vm: &mut Vm, req: Request, v: &mut Seen) {
     let obj = match req {
         Request::Map(m) => m.obj,
-        Request::Unmap { .. } => None,
+        _ => None,
     };
     let mut claim = vm
         .reserve_boxed(vm.nodes_for(&req) + vm.link_nodes())
@@ -168,6 +168,7 @@ fn check_accounting(vm: &Vm, before: usize, ops: &[Op], removed: &[Mapping]) {
                 gone.push(*unmap);
             }
             Op::Unmap { va, .. } => gone.push(*va),
+            Op::Prefetch(_) => {}
         }
     }
     assert_eq!(removed, gone, "payloads handed back, in op order");

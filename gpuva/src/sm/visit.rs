@@ -3,7 +3,9 @@
 use core::convert::Infallible;
 
 use super::list::Op;
-use super::ops::{OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped};
+use super::ops::{
+    OpMap, OpMapped, OpPrefetch, OpPrefetched, OpRemap, OpRemapped, OpUnmap, OpUnmapped,
+};
 use crate::va::Mapping;
 
 /// The driver side of split/merge: one call per step, as drm_gpuvm's `sm_step_map/remap/unmap`.
@@ -89,6 +91,19 @@ pub trait SmVisitor<D> {
     ///
     /// Whatever the driver's step can fail with; it stops the walk.
     fn step_unmap<'op>(&mut self, op: OpUnmap<'op, D>) -> Result<OpUnmapped<'op>, Self::Error>;
+
+    /// Handles a `Prefetch` step ([`Request::Prefetch`](super::Request::Prefetch)); nothing in
+    /// the VA space changes. The default does nothing.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the driver's prefetch can fail with; it stops the walk.
+    fn step_prefetch<'op>(
+        &mut self,
+        op: OpPrefetch<'op, D>,
+    ) -> Result<OpPrefetched<'op>, Self::Error> {
+        Ok(op.done())
+    }
 
     /// Receives the payload of a mapping the walk removed or split, by value, right after its
     /// step was applied. The default drops it; a run-stage visitor whose payload owns anything
@@ -189,5 +204,13 @@ impl<D: Clone + Default, F: FnMut(Op)> SmVisitor<D> for Record<F> {
             keep: op.keep(),
         });
         Ok(op.remove())
+    }
+
+    fn step_prefetch<'op>(
+        &mut self,
+        op: OpPrefetch<'op, D>,
+    ) -> Result<OpPrefetched<'op>, Infallible> {
+        (self.sink)(Op::Prefetch(op.va().mapping()));
+        Ok(op.done())
     }
 }
