@@ -213,6 +213,19 @@ fn every_shape(d: &mut Driver, len: u64, objs: Objs, rng: &mut Rng) {
         let k = 2 + rng.below(60);
         let start = a + 3 * len * G + G * u64::from(len > 1);
         d.run(Request::Map(Mapping::new(start, k * len * G, other, 0)));
+        // Attribute splits (two cuts) and prefetches: inside one mapping, across many.
+        d.run(Request::Split {
+            addr: start + G,
+            len: G,
+        });
+        d.run(Request::Split {
+            addr: a + G,
+            len: k * len * G,
+        });
+        d.run(Request::Prefetch {
+            addr: a,
+            len: k * len * G,
+        });
         // Unmaps: across many, exact, and a refill of the hole with single mappings.
         let ua = start + G;
         d.run(Request::Unmap {
