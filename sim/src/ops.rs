@@ -395,6 +395,21 @@ pub fn bench(trace: &Trace, repeat: usize, links: Links) -> Result<BenchRun, Rep
 
 #[cfg(test)]
 mod tests {
+
+    /// The extension lines of the trace format: `traces/extensions.trace`, byte for byte, with
+    /// and without links (written by hand from docs/trace-format.md, "Extensions").
+    #[test]
+    fn extension_lines_replay_as_documented() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../traces");
+        let text = std::fs::read_to_string(dir.join("extensions.trace")).expect("trace");
+        let want = std::fs::read_to_string(dir.join("extensions.expected")).expect("expected");
+        let trace = crate::trace::parse(&text).expect("parses");
+        assert!(trace.merge);
+        for links in [Links::On, Links::Off] {
+            assert_eq!(replay_with(&trace, links).expect("replays"), want, "{links:?}");
+        }
+    }
+
     use super::*;
     use crate::trace::parse;
 

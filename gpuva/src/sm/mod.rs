@@ -100,6 +100,126 @@
 //! named after them (`e1_exact_match_same_backing` ... `u5_unmap_hole_is_a_noop`), asserting the
 //! exact op sequence and the resulting tree.
 //!
+//! # Extensions (not in drm_gpuvm)
+//!
+//! More op generators, all driving the same walker, in both the step API and op lists, core-only;
+//! with none of them used and the merge policy off, everything above holds unchanged.
+//!
+//! * [`Request::UnmapObject`] (GEM close): every mapping of the object, in **ascending address
+//!   order** (drm_gpuvm's `bo_unmap_ops_create` uses link order), one `Unmap { keep: false }`
+//!   each: an exact unmap of each mapping, found through the object index (O(log n) each; a VA
+//!   space without links scans). Needs no nodes.
+//! * [`Request::Prefetch`]: the range is validated like any request (drm_gpuvm validates
+//!   nothing, and would hand out the cut-out); one [`Op::Prefetch`] per overlapping mapping,
+//!   whole, ascending; nothing changes. Visitors see [`OpPrefetch`] (default: ignored).
+//! * [`Request::Split`] (attribute split, drm_gpuvm's madvise generalised): the mapping that
+//!   straddles `a0`, then the one that straddles `e0`, is cut there: a `Remap` whose `prev` and
+//!   `next` pieces abut (an empty hole) and whose keep is true: no page-table change. Works for
+//!   every kind of mapping (drm_gpuvm's madvise skips mappings of objects), never unmaps, never
+//!   maps. Afterwards the range is covered by whole mappings, whose flags
+//!   ([`GpuVm::set_flags`](crate::GpuVm::set_flags)) can be changed. Bound: two unmaps'.
+//! * Merge policy ([`GpuVm::with_merge`](crate::GpuVm::with_merge), off by default): a map whose
+//!   neighbour (the mapping covering `a0 - 1`, or `e0`) has the same object and flags and a
+//!   contiguous object offset (NULL mappings: equal flags) runs as a map of the range widened over
+//!   it. The ops are the drm_gpuvm ops of that widened map; the widened parts come with keep =
+//!   true (for NULL mappings too, under the policy), and [`OpMap::requested`] names the new part.
+//!   Bound: a plain map's (the same walk, the same inserts).
+//!
+//! Units below are abstract (one tick = 100); `X`, `Y`, `Z` are objects, `N` a NULL mapping.
+//!
+//! ```text
+//! O1) Unmap an object: address order, other objects untouched.
+//!         1     2     3     4     5     6
+//!    old:       |--X--|--Y--|-N-|X|     |--X--|     (mapped in the order 500, 100, 200, ...)
+//!    req: UnmapObject(X)
+//!    new:             |--Y--|-N-|
+//!    Steps: Unmap { X@100, keep: 0 }, Unmap { X@350, keep: 0 }, Unmap { X@500, keep: 0 }
+//!    Test:  gpuva_ext::unmap_object_in_address_order, unmap_object_of_unmapped_object_is_a_noop
+//!
+//! P1) Prefetch: every overlapping mapping, whole; holes skipped; nothing changes.
+//!         1     2     3     4
+//!    old:       |--X--| |N|--Y--|Z|
+//!    req:          |--------|
+//!    Steps: Prefetch(X), Prefetch(N), Prefetch(Y)
+//!    Test:  gpuva_ext::prefetch_one_op_per_overlapping_mapping, prefetch_refuses_the_cut_out
+//!
+//! S1) Split strictly inside one mapping: two cuts, the second of the first one's next piece.
+//!         1     2     3     4
+//!    old: |-----------X-----|        (X.off = 0)
+//!    req:       |-----|
+//!    new: |-X1--|-X2--|-X3--|        (offsets 0, 100, 200: translations unchanged)
+//!    Steps: Remap { X, prev: 100..200 @0, next: 200..400 @100, keep: 1 },
+//!           Remap { 200..400 @100, prev: 200..300 @100, next: 300..400 @200, keep: 1 }
+//!    Test:  gpuva_ext::split_inside_one_mapping
+//!
+//! S2) Split across mappings: only the two straddlers are cut; inner mappings and holes stay.
+//!         1     2     3     4
+//!    old: |--N--|-X-|   |--Y--|
+//!    req:    |-----------|
+//!    new: |N1|N2|-X-|   |Y1|Y2|
+//!    Steps: Remap { N, prev, next, keep: 1 }, Remap { Y, prev, next, keep: 1 }
+//!    Test:  gpuva_ext::split_straddling_both_edges, split_on_existing_edges_is_a_noop
+//!
+//! G1) Merge with the left neighbour (drm_gpuvm: E11, two mappings).
+//!         1     2     3
+//!    old: |--X--|              (X.off = 0)
+//!    req:       |--X--|        (off = 100: contiguous)
+//!    new: |-----X-----|
+//!    Steps: Unmap { X, keep: 1 }, Map(100..300 @0)          (requested: 200..300)
+//!    Test:  gpuva_ext::merge_left_neighbour, merge_right_neighbour
+//!
+//! G2) Merge with both neighbours.
+//!    old: |--X--|     |--X--|  (offsets 0 and 200)
+//!    req:       |--X--|        (off = 100)
+//!    new: |--------X--------|
+//!    Steps: Unmap { left, keep: 1 }, Unmap { right, keep: 1 }, Map(100..400 @0)
+//!    Test:  gpuva_ext::merge_both_neighbours
+//!
+//! G3) Same backing strictly inside (drm_gpuvm: E4, three mappings): nothing changes.
+//!    old: |--------X--------|
+//!    req:       |--X--|        (contiguous)
+//!    new: |--------X--------|
+//!    Steps: Unmap { X, keep: 1 }, Map(X's range)
+//!    Test:  gpuva_ext::merge_inside_same_backing
+//!
+//! G4) NULL neighbours with equal flags merge whatever their offsets.
+//!    old: |-N--|-X--|-N--|
+//!    req:      |-N--|
+//!    new: |------N-------|
+//!    Steps: Unmap { N, keep: 1 }, Unmap { X, keep: 0 }, Unmap { N, keep: 1 }, Map(0..300)
+//!    Test:  gpuva_ext::merge_null_with_equal_flags
+//! ```
+//!
+//! The merge canonical form (no two adjacent mergeable mappings) holds after every request of a
+//! VA space that merges from the start and runs maps, unmaps and unmaps of objects
+//! (`gpuva_ext::random_requests_match_the_reference_model`); splits and `set_flags` may leave
+//! mergeable neighbours on purpose. With the policy off nothing differs from drm_gpuvm
+//! (`gpuva_ext::merge_off_is_drm_gpuvm`).
+//!
+//! ```
+//! # #[cfg(feature = "alloc")] {
+//! use gpuva::{BoxNode, GpuVm, Mapping, Op, Request};
+//! let mut vm = GpuVm::<(), BoxNode<()>>::new(0..1000, 0..0)?.without_links();
+//! let split = Request::Split { addr: 200, len: 100 };
+//! let mut claim = vm.reserve_boxed(vm.bounds().map_null + vm.nodes_for(&split))?;
+//! vm.map(Mapping::new(100, 300, None, 0), &mut claim)?;
+//! // Attribute split: cut at 200 and at 300, translations unchanged, no page-table work.
+//! let mut ops = Vec::new();
+//! vm.step(split, &mut claim, &mut gpuva::Record::new(|op| ops.push(op)))?;
+//! assert!(ops.iter().all(|op| matches!(op, Op::Remap { keep: true, .. })));
+//! assert!(ops.iter().all(|op| op.affected().is_empty()));
+//! let ranges: Vec<_> = vm.iter().map(|va| va.range()).collect();
+//! assert_eq!(ranges, [100..200, 200..300, 300..400]);
+//! // Prefetch: one op per overlapping mapping, nothing changes.
+//! let pre = vm.request_ops(Request::Prefetch { addr: 150, len: 100 })?;
+//! assert_eq!(pre.ops(), [
+//!     Op::Prefetch(Mapping::new(100, 100, None, 0)),
+//!     Op::Prefetch(Mapping::new(200, 100, None, 100)),
+//! ]);
+//! # }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Two ways to use the walker
 //!
 //! * **Steps** ([`GpuVm::step`](crate::GpuVm::step)): the walker hands each op to an
