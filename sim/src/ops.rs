@@ -406,7 +406,11 @@ mod tests {
         let trace = crate::trace::parse(&text).expect("parses");
         assert!(trace.merge);
         for links in [Links::On, Links::Off] {
-            assert_eq!(replay_with(&trace, links).expect("replays"), want, "{links:?}");
+            assert_eq!(
+                replay_with(&trace, links).expect("replays"),
+                want,
+                "{links:?}"
+            );
         }
     }
 

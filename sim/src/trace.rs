@@ -242,7 +242,11 @@ mod tests {
             ("space 0 10\nunmap 0\n", 2, "takes 2 fields"),
             ("-1\n", 1, "unknown request"),
             ("space 0 10\nunmap-obj 0\n", 2, "needs an object"),
-            ("space 0 10\nmap 0 1 1 0\nmerge on\n", 3, "before the first request"),
+            (
+                "space 0 10\nmap 0 1 1 0\nmerge on\n",
+                3,
+                "before the first request",
+            ),
             ("space 0 10\nmerge off\n", 2, "takes `on`"),
             ("space 0 10\nsplit 0\n", 2, "takes 2 fields"),
         ];

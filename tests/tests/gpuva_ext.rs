@@ -693,7 +693,7 @@ fn extension_bounds_hold_on_full_trees() {
             1 => slots.reverse(),
             2 => {
                 for i in (1..slots.len()).rev() {
-                    let j = rng.below(i as u64 + 1) as usize;
+                    let j = usize::try_from(rng.below(i as u64 + 1)).unwrap_or(0);
                     slots.swap(i, j);
                 }
             }
