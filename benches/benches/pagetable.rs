@@ -28,9 +28,25 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pagetable::{
-    map_bound, unmap_bound, Attrs, Chunk, Format, Gather, PageTable, PhysAddr, RegionLocked,
-    Reserve, VecPool, VirtAddr,
+    map_bound, unmap_bound, Attrs, Chunk, Flush, Format, PageTable, PhysAddr, RegionLocked,
+    Reserve, TlbInvalidate, VecPool, VirtAddr,
 };
+
+struct InstantTlb;
+
+impl TlbInvalidate for InstantTlb {
+    type Error = std::convert::Infallible;
+    fn invalidate(&mut self, _: std::ops::Range<u64>, _: bool) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+fn complete(f: Flush, pool: &mut VecPool) {
+    f.invalidate(&mut InstantTlb)
+        .unwrap()
+        .release(pool)
+        .unwrap();
+}
 
 #[path = "../../tests/tests/pagetable_common/churn.rs"]
 mod churn;
@@ -66,13 +82,13 @@ impl Vm {
             .unwrap()
             .total();
         let mut r = self.reserve(need);
-        let mut g = Gather::new();
         let t = Instant::now();
-        self.pt
+        let g = self
+            .pt
             .map(
                 &mut self.pool,
                 &mut r,
-                &mut g,
+                RegionLocked,
                 VirtAddr::new(at),
                 black_box(backing),
                 Attrs::default(),
@@ -80,7 +96,7 @@ impl Vm {
             .unwrap();
         let d = t.elapsed();
         r.release(&mut self.pool).unwrap();
-        g.invalidated().release(&mut self.pool).unwrap();
+        complete(g, &mut self.pool);
         d
     }
 
@@ -89,21 +105,20 @@ impl Vm {
             .unwrap()
             .total();
         let mut r = self.reserve(need);
-        let mut g = Gather::new();
         let t = Instant::now();
-        self.pt
+        let g = self
+            .pt
             .unmap(
                 &mut self.pool,
                 &mut r,
-                &mut g,
-                &mut RegionLocked,
+                RegionLocked,
                 VirtAddr::new(at),
                 black_box(len),
             )
             .unwrap();
         let d = t.elapsed();
         r.release(&mut self.pool).unwrap();
-        g.invalidated().release(&mut self.pool).unwrap();
+        complete(g, &mut self.pool);
         d
     }
 }

@@ -5,10 +5,16 @@
 #[path = "../../tests/src/model.rs"]
 pub mod model;
 
+#[path = "../../tests/src/sink.rs"]
+pub mod sink;
+
 #[path = "../../tests/src/harness.rs"]
 pub mod harness;
 
 #[path = "../../tests/src/fuzz_body.rs"]
 pub mod fuzz_body;
+
+#[path = "../../tests/src/pagetable_fuzz.rs"]
+pub mod pagetable_fuzz;
 
 pub use fuzz_body::run;

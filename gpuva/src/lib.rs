@@ -108,8 +108,19 @@
 extern crate alloc;
 
 mod btree;
+/// The design behind the storage: B+trees, the reservation contract and its derivation, object
+/// links, memory and stack use (the repository's `docs/gpuva-storage.md`).
+#[doc = include_str!("../../docs/gpuva-storage.md")]
+pub mod design {}
+/// The split/merge semantics reference (the repository's `docs/semantics.md`).
+#[doc = include_str!("../../docs/semantics.md")]
+pub mod semantics {}
 mod error;
 mod index;
+/// The repository README's examples, compiled and run as doctests.
+#[cfg(all(doctest, feature = "alloc"))]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
 mod link;
 mod node;
 mod reserve;
@@ -130,4 +141,4 @@ pub use sm::{
     Request, SmVisitor,
 };
 pub use va::{GpuVa, Mapping, ObjId, VaFlags};
-pub use vm::GpuVm;
+pub use vm::{GpuVm, VaCursor};

@@ -232,12 +232,11 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
             return Err((pin, LinkError::Foreign));
         }
         let obj = pin.obj;
-        let Some((rec, _)) = self.links.get_mut(obj.get()) else {
+        let Some((rec, state)) = self.links.get_mut(obj.get()) else {
             return Err((pin, LinkError::NoLink(obj)));
         };
-        let key = obj.get();
         rec.pins = rec.pins.saturating_sub(1);
-        self.maybe_zombie(key);
+        crate::vm::queue_zombie(&mut self.zombies, obj.get(), rec, state);
         Ok(())
     }
 
@@ -348,13 +347,6 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
                 }
             }
             key = next;
-        }
-    }
-
-    /// Queues the link under `key` on the zombie chain if it became idle.
-    pub(crate) fn maybe_zombie(&mut self, key: u64) {
-        if let Some((rec, state)) = self.links.get_mut(key) {
-            crate::vm::queue_zombie(&mut self.zombies, key, rec, state);
         }
     }
 }

@@ -5,8 +5,9 @@
 //!
 //! A VA space of `S` address units whose requests are aligned to a granule `G` holds at most
 //! `M = S / G` mappings, so at most `M` entries in the object index and (see
-//! [`GpuVm::link_obtain`]) at most `2M` links. A B+tree whose non-root nodes are at least half
-//! full has height at most `h(M)` (`btree::max_height`). One insert takes at most `h + 1` nodes:
+//! [`GpuVm::link_obtain`]) at most `2M` links. A B+tree whose nodes off its two edge paths are at
+//! least half full has height at most `h(M)` (`btree::max_height`; the derivation is in
+//! `docs/gpuva-storage.md`). One insert takes at most `h + 1` nodes:
 //!
 //! ```text
 //!   level h   [root, full] ----> split: +1 node, and a new root: +1 node
@@ -23,10 +24,10 @@
 //! | unmap | 1 (a split's `next` piece) | 1 | 0 |
 //! | [`GpuVm::link_obtain`] | 0 | 0 | 1 |
 //!
-//! For a 2^48-byte space at 4 KiB granularity (`M = 2^36`) the heights are 10 (mappings: leaves
-//! of 8-16 entries, branches of 16-32 children), 10 (object index: 16-32, 12-24) and 10 (links),
-//! so a map with an object reserves 11 + 22 = 33 nodes, a map without one or an unmap 22, a link
-//! 11 (`GpuVm::bounds` reports the figures; the tests check them against adversarial trees).
+//! For a 2^48-byte space at 4 KiB granularity (`M = 2^36`) the heights are 10 (mappings), 11
+//! (object index) and 11 (links), so a map with an object reserves 11 + 2 * 12 = 35 nodes, a map
+//! without one or an unmap 23, a link 12, and any request of a VA space without links 11
+//! (`GpuVm::bounds` reports the figures; the tests check them against adversarial trees).
 //!
 //! Those are worst cases no request sequence can exceed, and they are paid in node *claims*, not
 //! allocations: nodes live in the VA space's spare cache, claims only set them aside. Splits draw

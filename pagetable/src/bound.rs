@@ -1,8 +1,8 @@
 //! Worst-case reservations: `Bound_map`, `Bound_unmap`, the per-job union, and panthor's formula.
 //!
 //! All bounds are pure functions of (request, backing layout, format): no page-table state goes
-//! in, because a queued job runs against a state nobody knows at submit time
-//! (`pagetables-and-vmbind.md` 2.1, 2.4).
+//! in, because a queued job runs against a state nobody knows at submit time (earlier queued jobs
+//! may map or unmap anything first).
 //!
 //! * **map**: for every level `k` below the root, count the level-`k` table windows in which the
 //!   map puts a leaf at level `k` or deeper. It is computed by the map walker itself running
@@ -18,13 +18,14 @@
 //!   summed, because an unmap can retire a table that a later op then needs again.
 
 use crate::addr::{Chunk, VirtAddr};
-use crate::error::{BoundError, Stop};
+use crate::error::BoundError;
 use crate::format::Format;
-use crate::mem::TableMemory;
-use crate::table::{plan_map, split_need, validate_map, validate_range, Cursor};
+use crate::level::Level;
+use crate::request::{split_need, validate_map, validate_range, Cursor};
+use crate::walk::{map_walk, Absent};
 
-/// A frame count per table level (index = level; index 0 is always 0 since level-0 tables are
-/// only ever roots).
+/// A frame count per table level (index = level number; index 0 is always 0 since level-0
+/// tables are only ever roots).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableCount {
     /// Frames per level.
@@ -38,8 +39,14 @@ impl TableCount {
         self.per_level.iter().sum()
     }
 
-    fn add(&mut self, level: u8) {
-        if let Some(c) = self.per_level.get_mut(usize::from(level)) {
+    /// Frames at `level`.
+    #[must_use]
+    pub fn at(&self, level: Level) -> u64 {
+        self.per_level.get(level.index()).copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, level: Level) {
+        if let Some(c) = self.per_level.get_mut(level.index()) {
             *c += 1;
         }
     }
@@ -56,40 +63,24 @@ impl core::ops::Add for TableCount {
     }
 }
 
-/// A memory type used only to name `None` in calls to the shared planner.
-enum NoMem {}
-
-impl TableMemory for NoMem {
-    fn granule(&self) -> crate::Granule {
-        match *self {}
-    }
-    fn frame(&self, _: crate::PhysAddr) -> Option<(&[u64], &crate::FrameMeta)> {
-        match *self {}
-    }
-    fn frame_mut(&mut self, _: crate::PhysAddr) -> Option<(&mut [u64], &mut crate::FrameMeta)> {
-        match *self {}
-    }
-}
-
+/// Runs the map walker over absent tables, calling `on_table(level, window_start)` for every
+/// table the map would create.
 fn plan_absent(
     fmt: &Format,
     va: VirtAddr,
     backing: &[Chunk],
-    on_table: &mut impl FnMut(u8, u64) -> Result<(), Stop>,
+    on_table: impl FnMut(Level, u64) -> Result<(), BoundError>,
 ) -> Result<(), BoundError> {
     let len = validate_map(fmt, va, backing)?;
     let s = va.as_u64();
-    plan_map(
-        fmt,
-        None::<&NoMem>,
-        None,
+    let mut pass = Absent { fmt, on_table };
+    map_walk(
+        &mut pass,
+        (),
         fmt.start_level(),
-        s,
-        s + len,
+        s..s + len,
         &mut Cursor::new(backing),
-        on_table,
-    )?;
-    Ok(())
+    )
 }
 
 /// `Bound_map`: the most new tables mapping `backing` at `va` can need, over every table state.
@@ -100,9 +91,24 @@ fn plan_absent(
 /// # Errors
 ///
 /// The request is invalid, as [`PageTable::map`](crate::PageTable::map) would find.
+///
+/// # Examples
+///
+/// ```
+/// use pagetable::{map_bound, panthor_map_bound, Chunk, Format, PhysAddr, VirtAddr};
+///
+/// let fmt = Format::panthor(48)?;
+/// let va = VirtAddr::new(0x1_0000_0000);
+/// // 1 GiB of 2 MiB-aligned memory: 512 blocks under one new L1 and one new L2 table.
+/// let blocks = [Chunk::new(PhysAddr::new(0x80_0000_0000), 1 << 30)];
+/// assert_eq!(map_bound(&fmt, va, &blocks)?.per_level, [0, 1, 1, 0]);
+/// // panthor reserves an L3 table per 2 MiB window as well.
+/// assert_eq!(panthor_map_bound(&fmt, va, 1 << 30)?, 514);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn map_bound(fmt: &Format, va: VirtAddr, backing: &[Chunk]) -> Result<TableCount, BoundError> {
     let mut c = TableCount::default();
-    plan_absent(fmt, va, backing, &mut |level, _| {
+    plan_absent(fmt, va, backing, |level, _| {
         c.add(level);
         Ok(())
     })?;
@@ -113,14 +119,14 @@ fn unmap_windows(
     fmt: &Format,
     va: VirtAddr,
     len: u64,
-    on_table: &mut impl FnMut(u8, u64),
+    on_table: &mut impl FnMut(Level, u64),
 ) -> Result<(), BoundError> {
     validate_range(fmt, va, len)?;
     let (a, b) = (va.as_u64(), va.as_u64() + len);
     // The worst case: the largest allowed block around each end. Splitting it needs one table
     // per level down to the first level at which the end is aligned.
     let top = fmt.min_block_level();
-    if top >= 3 {
+    if top.is_last() {
         return Ok(());
     }
     let size = fmt.entry_size(top);
@@ -141,14 +147,44 @@ fn unmap_windows(
 /// # Errors
 ///
 /// The range is invalid, as [`PageTable::unmap`](crate::PageTable::unmap) would find.
+///
+/// # Examples
+///
+/// ```
+/// use pagetable::{unmap_bound, Format, Granule, VirtAddr};
+///
+/// let panthor = Format::panthor(48)?;
+/// // Both ends inside (different) 2 MiB blocks: one L3 table each.
+/// assert_eq!(unmap_bound(&panthor, VirtAddr::new(0x1F_F000), 0x2000)?.per_level, [0, 0, 0, 2]);
+/// // With 1 GiB blocks, an end inside a 1 GiB block needs an L2 and an L3 table.
+/// let gib = Format::new(Granule::K4, 48)?;
+/// assert_eq!(unmap_bound(&gib, VirtAddr::new(0x4000_1000), 0x1000)?.per_level, [0, 0, 1, 1]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn unmap_bound(fmt: &Format, va: VirtAddr, len: u64) -> Result<TableCount, BoundError> {
     let mut c = TableCount::default();
     unmap_windows(fmt, va, len, &mut |level, _| c.add(level))?;
     Ok(c)
 }
 
-/// panthor's map reservation, generalised to the format: one table per level-`k` window the
-/// range touches, for every level below the root (`N(39) + N(30) + N(21)` for 4K/48-bit).
+/// `ALIGN(x, 2^shift)`: round up.
+const fn align_up(x: u64, shift: u32) -> u64 {
+    let m = (1u64 << shift) - 1;
+    (x + m) & !m
+}
+
+/// `ALIGN_DOWN(x, 2^shift)`.
+const fn align_down(x: u64, shift: u32) -> u64 {
+    x & !((1u64 << shift) - 1)
+}
+
+/// panthor's map reservation, exactly as the kernel computes it (`panthor_vm_prepare_map_op_ctx`):
+/// one table per 512 GiB, 1 GiB and 2 MiB window the range touches,
+/// `N(39) + N(30) + N(21)` with `N(s) = (ALIGN(va + len, 2^s) - ALIGN_DOWN(va, 2^s)) >> s`.
+///
+/// The constants are the kernel's (4 KiB granule, 48-bit VA); `fmt` only validates the range.
+/// For a VA space of 39 bits or less the kernel still counts an L1 table that such a table
+/// never has.
 ///
 /// # Errors
 ///
@@ -156,16 +192,19 @@ pub fn unmap_bound(fmt: &Format, va: VirtAddr, len: u64) -> Result<TableCount, B
 pub fn panthor_map_bound(fmt: &Format, va: VirtAddr, len: u64) -> Result<u64, BoundError> {
     validate_range(fmt, va, len)?;
     let (a, b) = (va.as_u64(), va.as_u64() + len);
-    let mut n = 0;
-    for level in fmt.start_level() + 1..=3 {
-        let shift = fmt.entry_shift(level - 1);
-        n += ((b - 1) >> shift) - (a >> shift) + 1;
-    }
-    Ok(n)
+    // OVERFLOW: `b <= va_limit <= 2^48`, so rounding up to 2^39 cannot wrap.
+    Ok([39u32, 30, 21]
+        .iter()
+        .map(|&s| (align_up(b, s) - align_down(a, s)) >> s)
+        .sum())
 }
 
-/// panthor's unmap reservation: one L3 table if `va` is not aligned to an L3 table's span, one
-/// more if the end is not and lies in a different window.
+/// panthor's unmap reservation, exactly as the kernel computes it
+/// (`panthor_vm_prepare_unmap_op_ctx`): one L3 table if `va` is not 2 MiB-aligned, one more if
+/// `va + len` is not and `ALIGN(va + len, 2 MiB) != ALIGN(va, 2 MiB)`.
+///
+/// `ALIGN` rounds up, so a 2 MiB-aligned `va` whose unaligned end lies in the same 2 MiB window
+/// still counts 1 (the block around the end may need a split).
 ///
 /// # Errors
 ///
@@ -173,12 +212,11 @@ pub fn panthor_map_bound(fmt: &Format, va: VirtAddr, len: u64) -> Result<u64, Bo
 pub fn panthor_unmap_bound(fmt: &Format, va: VirtAddr, len: u64) -> Result<u64, BoundError> {
     validate_range(fmt, va, len)?;
     let (a, b) = (va.as_u64(), va.as_u64() + len);
-    let span = fmt.table_span(3);
     let mut n = 0;
-    if a & (span - 1) != 0 {
+    if a != align_up(a, 21) {
         n += 1;
     }
-    if b & (span - 1) != 0 && (b >> span.trailing_zeros()) != (a >> span.trailing_zeros()) {
+    if b != align_up(b, 21) && align_up(b, 21) != align_up(a, 21) {
         n += 1;
     }
     Ok(n)
@@ -227,6 +265,23 @@ pub struct WindowRun {
 /// # Errors
 ///
 /// An invalid op, or [`BoundError::ScratchFull`] if `scratch` is too small.
+///
+/// # Examples
+///
+/// ```
+/// use pagetable::{job_bound, sum_bound, Chunk, Format, JobOp, PhysAddr, VirtAddr, WindowRun};
+///
+/// let fmt = Format::panthor(48)?;
+/// let (a, b) = ([Chunk::new(PhysAddr::new(0x1000_0000), 0x10000)],
+///               [Chunk::new(PhysAddr::new(0x2000_0000), 0x10000)]);
+/// // Two small maps in the same 2 MiB window share their L1, L2 and L3 tables.
+/// let ops = [JobOp::Map { va: VirtAddr::new(0x10_0000), backing: &a },
+///            JobOp::Map { va: VirtAddr::new(0x11_0000), backing: &b }];
+/// let mut scratch = [WindowRun::default(); 8];
+/// assert_eq!(job_bound(&fmt, &ops, &mut scratch)?.total(), 3);
+/// assert_eq!(sum_bound(&fmt, &ops)?.total(), 6);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn job_bound(
     fmt: &Format,
     ops: &[JobOp<'_>],
@@ -237,8 +292,9 @@ pub fn job_bound(
     for op in ops {
         match *op {
             JobOp::Map { va, backing } => {
-                plan_absent(fmt, va, backing, &mut |level, ws| {
+                plan_absent(fmt, va, backing, |level, ws| {
                     let w = ws >> fmt.table_span(level).trailing_zeros();
+                    let level = level.as_u8();
                     // Extend the previous run at this level if contiguous (the walk is in VA
                     // order, so runs of one map are produced sorted per level).
                     let prev = scratch
@@ -250,7 +306,7 @@ pub fn job_bound(
                             return Ok(());
                         }
                     }
-                    let slot = scratch.get_mut(used).ok_or(Stop::ScratchFull)?;
+                    let slot = scratch.get_mut(used).ok_or(BoundError::ScratchFull)?;
                     *slot = WindowRun {
                         level,
                         first: w,

@@ -1,27 +1,13 @@
-//! Errors, one enum per operation, plus the walker's private stop reasons.
+//! Errors: one enum per operation, each with only the variants that operation can return.
+//!
+//! The walker is generic over the operation's error ([`WalkError`] and friends, private), so it
+//! builds the public error directly and no conversion has to make up a value for a case that
+//! cannot happen.
 
 use core::fmt;
 
 use crate::addr::{PhysAddr, VirtAddr};
-
-/// Why a request was refused before any table was looked at (private; converted per operation).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Req {
-    Misaligned { va: VirtAddr, len: u64 },
-    ZeroLength,
-    OutOfRange,
-    BadChunk { index: usize },
-}
-
-/// Why a walk stopped (private; converted per operation).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Stop {
-    AlreadyMapped(u64),
-    BadTable(PhysAddr),
-    Corrupt(u64),
-    Exhausted,
-    ScratchFull,
-}
+use crate::request::{MapReq, RangeReq};
 
 macro_rules! display {
     ($ty:ty, $self:ident, $f:ident, { $($pat:pat => $($arg:expr),+ ;)* }) => {
@@ -34,7 +20,9 @@ macro_rules! display {
     };
 }
 
-/// Error returned by [`PageTable::map`](crate::PageTable::map). The tables are unchanged.
+/// Error returned by [`PageTable::map`](crate::PageTable::map) and
+/// [`UpdateContext::map`](crate::UpdateContext::map). The tables, the reserve and the flush are
+/// unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MapError {
@@ -47,8 +35,14 @@ pub enum MapError {
     ZeroLength,
     /// The range overflows or leaves the format's VA space.
     OutOfRange,
-    /// Backing chunk `index` is empty, not page-aligned, or passes 48 bits.
+    /// Backing chunk `index` is empty or not page-aligned.
     BadChunk {
+        /// Index into the backing slice.
+        index: usize,
+    },
+    /// Backing chunk `index` ends beyond the format's output-address width
+    /// ([`Format::oa_limit`](crate::Format::oa_limit)).
+    PaOutOfRange {
         /// Index into the backing slice.
         index: usize,
     },
@@ -65,7 +59,8 @@ pub enum MapError {
         /// Frames in the reserve.
         available: u64,
     },
-    /// A table (or reserved frame) address does not resolve in the given memory.
+    /// A table (or reserved frame) address does not resolve in the given memory, or a reserved
+    /// frame lies beyond the output-address width.
     BadTable {
         /// The unresolved address.
         pa: PhysAddr,
@@ -81,17 +76,21 @@ display!(MapError, self, f, {
     Self::Misaligned { va } => "map va {:#x} not page-aligned", va.as_u64();
     Self::ZeroLength => "map of zero length";
     Self::OutOfRange => "map range outside the va space";
-    Self::BadChunk { index } => "backing chunk {} empty, misaligned or beyond 48 bits", index;
+    Self::BadChunk { index } => "backing chunk {} empty or not page-aligned", index;
+    Self::PaOutOfRange { index } => "backing chunk {} beyond the pa width", index;
     Self::AlreadyMapped { va } => "va {:#x} already mapped", va.as_u64();
     Self::ReservationExhausted { needed, available } => "map needs {} frames, reserve has {}", needed, available;
     Self::BadTable { pa } => "table frame {:#x} not in table memory", pa.as_u64();
     Self::Corrupt { va } => "corrupt descriptor at va {:#x}", va.as_u64();
 });
 
-/// Error returned by [`PageTable::unmap`](crate::PageTable::unmap). The tables are unchanged.
+/// Error returned by the range operations, unmap and protect
+/// ([`PageTable::unmap`](crate::PageTable::unmap), [`PageTable::protect`](crate::PageTable::protect)
+/// and their [`UpdateContext`](crate::UpdateContext) forms). The tables, the reserve and the
+/// flush are unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum UnmapError {
+pub enum RangeError {
     /// The VA or length is not page-aligned.
     Misaligned {
         /// The request's VA.
@@ -111,67 +110,31 @@ pub enum UnmapError {
         /// Frames in the reserve.
         available: u64,
     },
-    /// A table (or reserved frame) address does not resolve in the given memory.
+    /// A table (or reserved frame) address does not resolve in the given memory, or a reserved
+    /// frame lies beyond the output-address width.
     BadTable {
         /// The unresolved address.
         pa: PhysAddr,
     },
-    /// A descriptor that would have to be split holds something this crate never writes.
+    /// A descriptor that would have to be split or rewritten holds something this crate never
+    /// writes.
     Corrupt {
         /// Where.
         va: VirtAddr,
     },
 }
 
-display!(UnmapError, self, f, {
-    Self::Misaligned { va, len } => "unmap {:#x}+{:#x} not page-aligned", va.as_u64(), len;
-    Self::ZeroLength => "unmap of zero length";
-    Self::OutOfRange => "unmap range outside the va space";
-    Self::ReservationExhausted { needed, available } => "unmap needs {} frames, reserve has {}", needed, available;
-    Self::BadTable { pa } => "table frame {:#x} not in table memory", pa.as_u64();
-    Self::Corrupt { va } => "corrupt descriptor at va {:#x}", va.as_u64();
-});
+/// Error returned by unmap: a [`RangeError`].
+pub type UnmapError = RangeError;
 
-/// Error returned by [`PageTable::protect`](crate::PageTable::protect). The tables are
-/// unchanged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ProtectError {
-    /// The VA or length is not page-aligned.
-    Misaligned {
-        /// The request's VA.
-        va: VirtAddr,
-        /// The request's length.
-        len: u64,
-    },
-    /// The length is zero.
-    ZeroLength,
-    /// The range overflows or leaves the format's VA space.
-    OutOfRange,
-    /// The reserve holds fewer frames than the block splits need.
-    ReservationExhausted {
-        /// Frames needed now.
-        needed: u64,
-        /// Frames in the reserve.
-        available: u64,
-    },
-    /// A table (or reserved frame) address does not resolve in the given memory.
-    BadTable {
-        /// The unresolved address.
-        pa: PhysAddr,
-    },
-    /// A descriptor in the range holds something this crate never writes.
-    Corrupt {
-        /// Where.
-        va: VirtAddr,
-    },
-}
+/// Error returned by protect: a [`RangeError`].
+pub type ProtectError = RangeError;
 
-display!(ProtectError, self, f, {
-    Self::Misaligned { va, len } => "protect {:#x}+{:#x} not page-aligned", va.as_u64(), len;
-    Self::ZeroLength => "protect of zero length";
-    Self::OutOfRange => "protect range outside the va space";
-    Self::ReservationExhausted { needed, available } => "protect needs {} frames, reserve has {}", needed, available;
+display!(RangeError, self, f, {
+    Self::Misaligned { va, len } => "range {:#x}+{:#x} not page-aligned", va.as_u64(), len;
+    Self::ZeroLength => "range of zero length";
+    Self::OutOfRange => "range outside the va space";
+    Self::ReservationExhausted { needed, available } => "splits need {} frames, reserve has {}", needed, available;
     Self::BadTable { pa } => "table frame {:#x} not in table memory", pa.as_u64();
     Self::Corrupt { va } => "corrupt descriptor at va {:#x}", va.as_u64();
 });
@@ -201,8 +164,12 @@ display!(TranslateError, self, f, {
     Self::Corrupt { va } => "corrupt descriptor at va {:#x}", va.as_u64();
 });
 
-/// Error returned by the reservation bounds ([`map_bound`](crate::map_bound),
-/// [`unmap_bound`](crate::unmap_bound), [`job_bound`](crate::job_bound), the panthor formulas).
+/// Error returned by the reservation bounds and the pre-lock range ([`map_bound`](crate::map_bound),
+/// [`unmap_bound`](crate::unmap_bound), [`job_bound`](crate::job_bound), the panthor formulas,
+/// [`lock_range`](crate::lock_range)): the request is invalid, as the operation would find.
+///
+/// The chunk variants come only from map requests, [`BoundError::ScratchFull`] only from
+/// [`job_bound`](crate::job_bound).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BoundError {
@@ -217,8 +184,13 @@ pub enum BoundError {
     ZeroLength,
     /// The range overflows or leaves the format's VA space.
     OutOfRange,
-    /// Backing chunk `index` is empty, not page-aligned, or passes 48 bits.
+    /// Backing chunk `index` is empty or not page-aligned.
     BadChunk {
+        /// Index into the backing slice.
+        index: usize,
+    },
+    /// Backing chunk `index` ends beyond the format's output-address width.
+    PaOutOfRange {
         /// Index into the backing slice.
         index: usize,
     },
@@ -230,7 +202,8 @@ display!(BoundError, self, f, {
     Self::Misaligned { va, len } => "range {:#x}+{:#x} not page-aligned", va.as_u64(), len;
     Self::ZeroLength => "range of zero length";
     Self::OutOfRange => "range outside the va space";
-    Self::BadChunk { index } => "backing chunk {} empty, misaligned or beyond 48 bits", index;
+    Self::BadChunk { index } => "backing chunk {} empty or not page-aligned", index;
+    Self::PaOutOfRange { index } => "backing chunk {} beyond the pa width", index;
     Self::ScratchFull => "job bound scratch space exhausted";
 });
 
@@ -239,8 +212,8 @@ display!(BoundError, self, f, {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NewError {
-    /// The root address is not a full-size frame of the memory (or the memory's granule differs
-    /// from the format's).
+    /// The root address is not a full-size frame of the memory, lies beyond the format's
+    /// output-address width, or the memory's granule differs from the format's.
     BadRoot {
         /// The rejected address.
         pa: PhysAddr,
@@ -250,7 +223,7 @@ pub enum NewError {
 }
 
 display!(NewError, self, f, {
-    Self::BadRoot { pa } => "root {:#x} is not a frame of this memory and granule", pa.as_u64();
+    Self::BadRoot { pa } => "root {:#x} is not a usable frame of this memory and format", pa.as_u64();
     Self::OutOfFrames => "no frame for the root table";
 });
 
@@ -291,103 +264,98 @@ display!(AuditError, self, f, {
     Self::Corrupt { va } => "corrupt descriptor at va {:#x}", va.as_u64();
 });
 
-macro_rules! from_req {
-    ($ty:ident) => {
-        impl From<Req> for $ty {
-            fn from(r: Req) -> Self {
-                match r {
-                    Req::Misaligned { va, len } => Self::Misaligned { va, len },
-                    Req::ZeroLength => Self::ZeroLength,
-                    Req::OutOfRange => Self::OutOfRange,
-                    // Only maps have chunks; a range request never yields this.
-                    Req::BadChunk { .. } => Self::OutOfRange,
-                }
+// -------------------------------------------------------------------------------------------
+// What the walker needs from an operation's error.
+
+/// Errors every walk can hit: a table that does not resolve, a descriptor this crate never
+/// writes.
+pub(crate) trait WalkError {
+    fn bad_table(pa: PhysAddr) -> Self;
+    fn corrupt(va: u64) -> Self;
+}
+
+/// Errors of a walk that pops frames.
+pub(crate) trait ExecError: WalkError {
+    fn exhausted(needed: u64, available: u64) -> Self;
+}
+
+/// Errors of a map walk.
+pub(crate) trait MapWalkError: WalkError {
+    fn already_mapped(va: u64) -> Self;
+}
+
+macro_rules! walk_error {
+    ($($ty:ty),*) => {$(
+        impl WalkError for $ty {
+            fn bad_table(pa: PhysAddr) -> Self {
+                Self::BadTable { pa }
+            }
+            fn corrupt(va: u64) -> Self {
+                Self::Corrupt { va: VirtAddr::new(va) }
             }
         }
-    };
+    )*};
 }
-from_req!(UnmapError);
-from_req!(ProtectError);
+walk_error!(MapError, RangeError, TranslateError, AuditError);
 
-impl From<Req> for MapError {
-    fn from(r: Req) -> Self {
+impl ExecError for MapError {
+    fn exhausted(needed: u64, available: u64) -> Self {
+        Self::ReservationExhausted { needed, available }
+    }
+}
+
+impl ExecError for RangeError {
+    fn exhausted(needed: u64, available: u64) -> Self {
+        Self::ReservationExhausted { needed, available }
+    }
+}
+
+impl MapWalkError for MapError {
+    fn already_mapped(va: u64) -> Self {
+        Self::AlreadyMapped {
+            va: VirtAddr::new(va),
+        }
+    }
+}
+
+impl From<RangeReq> for RangeError {
+    fn from(r: RangeReq) -> Self {
         match r {
-            Req::Misaligned { va, .. } => Self::Misaligned { va },
-            Req::ZeroLength => Self::ZeroLength,
-            Req::OutOfRange => Self::OutOfRange,
-            Req::BadChunk { index } => Self::BadChunk { index },
+            RangeReq::Misaligned { va, len } => Self::Misaligned { va, len },
+            RangeReq::ZeroLength => Self::ZeroLength,
+            RangeReq::OutOfRange => Self::OutOfRange,
         }
     }
 }
 
-impl From<Req> for BoundError {
-    fn from(r: Req) -> Self {
+impl From<RangeReq> for BoundError {
+    fn from(r: RangeReq) -> Self {
         match r {
-            Req::Misaligned { va, len } => Self::Misaligned { va, len },
-            Req::ZeroLength => Self::ZeroLength,
-            Req::OutOfRange => Self::OutOfRange,
-            Req::BadChunk { index } => Self::BadChunk { index },
+            RangeReq::Misaligned { va, len } => Self::Misaligned { va, len },
+            RangeReq::ZeroLength => Self::ZeroLength,
+            RangeReq::OutOfRange => Self::OutOfRange,
         }
     }
 }
 
-macro_rules! from_stop {
-    ($ty:ident) => {
-        impl From<Stop> for $ty {
-            fn from(s: Stop) -> Self {
-                match s {
-                    Stop::BadTable(pa) => Self::BadTable { pa },
-                    Stop::Corrupt(va) | Stop::AlreadyMapped(va) => Self::Corrupt {
-                        va: VirtAddr::new(va),
-                    },
-                    Stop::Exhausted | Stop::ScratchFull => Self::ReservationExhausted {
-                        needed: 0,
-                        available: 0,
-                    },
-                }
-            }
-        }
-    };
-}
-from_stop!(UnmapError);
-from_stop!(ProtectError);
-
-impl From<Stop> for MapError {
-    fn from(s: Stop) -> Self {
-        match s {
-            Stop::AlreadyMapped(va) => Self::AlreadyMapped {
-                va: VirtAddr::new(va),
-            },
-            Stop::BadTable(pa) => Self::BadTable { pa },
-            Stop::Corrupt(va) => Self::Corrupt {
-                va: VirtAddr::new(va),
-            },
-            Stop::Exhausted | Stop::ScratchFull => Self::ReservationExhausted {
-                needed: 0,
-                available: 0,
-            },
+impl From<MapReq> for MapError {
+    fn from(r: MapReq) -> Self {
+        match r {
+            MapReq::Range(RangeReq::Misaligned { va, .. }) => Self::Misaligned { va },
+            MapReq::Range(RangeReq::ZeroLength) => Self::ZeroLength,
+            MapReq::Range(RangeReq::OutOfRange) => Self::OutOfRange,
+            MapReq::BadChunk { index } => Self::BadChunk { index },
+            MapReq::PaOutOfRange { index } => Self::PaOutOfRange { index },
         }
     }
 }
 
-impl From<Stop> for TranslateError {
-    fn from(s: Stop) -> Self {
-        match s {
-            Stop::BadTable(pa) => Self::BadTable { pa },
-            Stop::AlreadyMapped(va) | Stop::Corrupt(va) => Self::Corrupt {
-                va: VirtAddr::new(va),
-            },
-            Stop::Exhausted | Stop::ScratchFull => Self::OutOfRange,
-        }
-    }
-}
-
-impl From<Stop> for BoundError {
-    fn from(s: Stop) -> Self {
-        match s {
-            Stop::ScratchFull => Self::ScratchFull,
-            // A pure bound walks no memory, so nothing else can stop it.
-            _ => Self::OutOfRange,
+impl From<MapReq> for BoundError {
+    fn from(r: MapReq) -> Self {
+        match r {
+            MapReq::Range(r) => r.into(),
+            MapReq::BadChunk { index } => Self::BadChunk { index },
+            MapReq::PaOutOfRange { index } => Self::PaOutOfRange { index },
         }
     }
 }

@@ -1,174 +1,296 @@
-//! TLB work: the per-job gather, the retired list and its release, and Mali lock regions.
+//! The end of an update: hooks the walker calls, the `#[must_use]` [`Flush`], and [`Reclaim`].
 //!
-//! # Lifecycle of a retired table
+//! # Lifecycle of one job
 //!
 //! ```text
-//! run:      unmap empties a table -> parent entry cleared -> frame pushed on Gather
-//!           (never back on the Reserve, never freed)
-//! caller:   invalidates gather.flush_range() (walk cache too if gather.walk_cache())
-//!           and waits for completion
-//! caller:   gather.invalidated() -> Reclaim          (consumes the Gather)
-//! cleanup:  reclaim.release(&mut pool)               (frames back to the allocator)
+//! prepare:  reserve = Reserve::try_fill(pool, bound)             may allocate, may fail
+//! run:      ctx = pt.update(mem, &mut reserve, hooks)             no allocation from here ...
+//!           ctx.map(..)? / ctx.unmap(..)? / ctx.protect(..)?      each: all or nothing
+//!           flush = ctx.finish()                                  #[must_use]
+//!           reclaim = flush.invalidate(&mut tlb)?                 waits for the invalidation
+//!                                                                 ... to here
+//! cleanup:  reclaim.release(pool)?                                retired tables back
+//!           reserve.release(pool)?                                unused reservation back
 //! ```
 //!
-//! The only way to get frames out of a [`Gather`] is [`Gather::invalidated`], which consumes it,
-//! so no code path can hand a retired frame to an allocator while its old span may still be
-//! cached.
+//! A table emptied by an unmap is unhooked in the run stage and *retired*: its frame goes on the
+//! flush, never back on the reserve and never to the allocator, because the GPU's walk cache may
+//! still hold its address. The only way to get frames out of a [`Flush`] is
+//! [`Flush::invalidate`], which calls the caller's [`TlbInvalidate`] for the flush range and
+//! hands out a [`Reclaim`] only when that call reports the invalidation complete: a `Reclaim` is
+//! the proof that no cached walk can reach the frames it holds.
+//!
+//! If the invalidation fails (a stuck MMU), [`FlushError`] gives the flush back: retry, or, once
+//! the address space is known never to be used again, [`Flush::forget`] it (the frames are
+//! then never reused, which is safe).
 
 use core::fmt;
 use core::ops::Range;
 
 use crate::addr::PhysAddr;
+use crate::gather::{hull, Gather};
+use crate::lock::LockRegion;
 use crate::mem::{FrameAlloc, FrameList, FreeError, TableMemory};
 
-/// Hook called in the middle of a block split, between break and make.
-///
-/// Splitting a block follows break-before-make: (1) the replacement table is filled while still
-/// invisible, (2) the block descriptor is cleared, (3) **this hook** runs, (4) the table
-/// descriptor is installed. An implementation must make sure that, when it returns, no TLB entry
-/// for `block` survives (a synchronous range invalidation) or that the GPU cannot access `block`
-/// until the job's final invalidation (a Mali lock region covering it, as panthor widens its
-/// lock for huge-page splits). It must not allocate or block indefinitely: it runs in the run
-/// stage.
-pub trait BreakBeforeMake {
-    /// The block descriptor for `block` has been cleared; invalidate it before the table goes in.
-    fn invalidate_block(&mut self, block: Range<u64>);
+/// Calls the walker makes into the driver while it writes (run stage: must not allocate or
+/// block indefinitely).
+pub trait UpdateHooks {
+    /// A block descriptor for `block` has been cleared in the middle of a split and the
+    /// replacement table is about to be installed.
+    ///
+    /// Splitting a block follows break-before-make: (1) the replacement table is filled while
+    /// still unreachable, (2) the block descriptor is cleared, (3) **this hook** runs, (4) the
+    /// table descriptor is installed. When it returns, no TLB entry for `block` may survive (a
+    /// synchronous range invalidation), or the GPU must be unable to access `block` until the
+    /// job's final invalidation (a Mali lock region covering it, see
+    /// [`lock_range`](crate::lock_range)).
+    fn break_before_make(&mut self, block: Range<u64>);
+
+    /// Entries `entries` of the table frame `frame` have just been written.
+    ///
+    /// For GPUs whose table walks are not cache-coherent: clean these entries (8 bytes each, at
+    /// `frame + 8 * index`) to the point of coherency before returning, as io-pgtable does
+    /// after every write on a non-coherent walker. The walker calls it in publication order: a
+    /// new table's entries are reported before the descriptor that makes it reachable. Coherent
+    /// walkers need nothing; the default does nothing.
+    fn written(&mut self, frame: PhysAddr, entries: Range<usize>) {
+        let _ = (frame, entries);
+    }
 }
 
-/// A [`BreakBeforeMake`] for callers that hold a lock region over everything the job touches
-/// (widened with [`Gather::touched`]) or whose GPU is not using the address space: does nothing.
+impl<T: UpdateHooks + ?Sized> UpdateHooks for &mut T {
+    fn break_before_make(&mut self, block: Range<u64>) {
+        (**self).break_before_make(block);
+    }
+
+    fn written(&mut self, frame: PhysAddr, entries: Range<usize>) {
+        (**self).written(frame, entries);
+    }
+}
+
+/// [`UpdateHooks`] for a caller that holds a lock region over everything the job may change
+/// (from [`lock_range`](crate::lock_range)), or whose GPU is not using the address space, on a
+/// GPU with coherent table walks: does nothing.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RegionLocked;
 
-impl BreakBeforeMake for RegionLocked {
-    fn invalidate_block(&mut self, _block: Range<u64>) {}
+impl UpdateHooks for RegionLocked {
+    fn break_before_make(&mut self, _block: Range<u64>) {}
 }
 
-/// Accumulates one job's TLB obligations and retired frames.
+/// The driver's TLB invalidation, called by [`Flush::invalidate`].
+pub trait TlbInvalidate {
+    /// Why an invalidation failed (for panthor: `AS_ACTIVE` stuck).
+    type Error;
+
+    /// Invalidates every cached translation of `range` (walk-cache entries too if
+    /// `walk_cache`), and returns only once the invalidation has **completed**: after `Ok`, no
+    /// GPU access may use a translation or a table address cached before the call. For panthor:
+    /// `FLUSH_MEM` (or `UNLOCK` of the region locked for the job) and wait until the address
+    /// space is idle. A VM without an address space has nothing cached and returns `Ok` at
+    /// once, provided binding an address space invalidates it.
+    ///
+    /// # Errors
+    ///
+    /// The invalidation could not be completed; nothing is reclaimed.
+    fn invalidate(&mut self, range: Range<u64>, walk_cache: bool) -> Result<(), Self::Error>;
+}
+
+/// The TLB invalidation an update owes, and the table frames it retired.
 ///
-/// Every operation of a job takes the same `&mut Gather`:
-/// * `flush_range` is the hull of every span whose translation changed or was removed, including
-///   the whole span of every retired table (its walk-cache entries may serve any VA in it);
-/// * `walk_cache` is set when a table was unhooked (walk-cache entries must go too);
-/// * `touched` is the hull of everything written, maps included (for a lock region);
-/// * the retired frames are released only through [`Gather::invalidated`].
-///
-/// Maps alone produce no flush range: invalid entries are never cached.
-#[must_use = "retired frames leak, and stale translations survive, unless the range is invalidated"]
+/// Returned by [`UpdateContext::finish`](crate::UpdateContext::finish) and the single-operation
+/// methods ([`PageTable::map`](crate::PageTable::map), ...). Consume it with
+/// [`Flush::invalidate`]; dropping it leaks the retired frames (never reused, so safe, but
+/// lost) and leaves stale translations in the TLB.
+#[must_use = "the TLB still holds stale translations and the retired frames leak: call invalidate()"]
 #[derive(Debug, Default)]
-pub struct Gather {
-    flush: Option<(u64, u64)>,
-    touched: Option<(u64, u64)>,
-    walk: bool,
-    retired: FrameList,
+pub struct Flush {
+    gather: Gather,
 }
 
-fn hull(a: Option<(u64, u64)>, s: u64, e: u64) -> Option<(u64, u64)> {
-    Some(match a {
-        None => (s, e),
-        Some((x, y)) => (x.min(s), y.max(e)),
-    })
-}
-
-impl Gather {
-    /// An empty gather.
-    pub const fn new() -> Self {
-        Self {
-            flush: None,
-            touched: None,
-            walk: false,
-            retired: FrameList::new(),
-        }
+impl Flush {
+    pub(crate) fn new(gather: Gather) -> Self {
+        Self { gather }
     }
 
-    /// The VA range to invalidate, if anything needs it.
+    /// The VA range to invalidate, if any translation changed (maps alone need none: invalid
+    /// entries are never cached).
     #[must_use]
-    pub fn flush_range(&self) -> Option<Range<u64>> {
-        self.flush.map(|(s, e)| s..e)
+    pub fn range(&self) -> Option<Range<u64>> {
+        self.gather.flush.map(|(s, e)| s..e)
     }
 
     /// Whether the walk cache must be invalidated too (a table was unhooked).
     #[must_use]
     pub const fn walk_cache(&self) -> bool {
-        self.walk
+        self.gather.walk
     }
 
-    /// The hull of every VA range written, maps included.
+    /// The hull of every VA whose translation was written, maps included. A lock region over
+    /// it (or over the [`lock_range`](crate::lock_range) computed before the run, which
+    /// contains it) makes the update atomic as the GPU sees it.
     #[must_use]
-    pub fn touched(&self) -> Option<Range<u64>> {
-        self.touched.map(|(s, e)| s..e)
+    pub fn changed(&self) -> Option<Range<u64>> {
+        self.gather.changed.map(|(s, e)| s..e)
     }
 
-    /// The Mali lock region covering [`Gather::touched`].
+    /// The Mali lock region covering [`Flush::changed`].
     #[must_use]
     pub fn lock_region(&self) -> Option<LockRegion> {
-        self.touched
+        self.gather
+            .changed
             .and_then(|(s, e)| LockRegion::covering(s..e).ok())
     }
 
     /// Number of retired frames waiting for the invalidation.
     #[must_use]
     pub const fn retired_len(&self) -> usize {
-        self.retired.len()
+        self.gather.retired.len()
     }
 
-    /// Whether the frame `pa` is waiting on this gather (linear scan, for tests).
+    /// Whether the frame `pa` is waiting on this flush (linear scan, for tests and audits).
     #[must_use]
     pub fn is_retired<M: TableMemory + ?Sized>(&self, mem: &M, pa: PhysAddr) -> bool {
-        self.retired.contains(mem, pa)
+        self.gather.retired.contains(mem, pa)
     }
 
-    /// Merges another gather (e.g. of a sub-job) into this one.
+    /// Merges `other` into this flush (to invalidate several jobs at once).
     ///
-    /// `mem` must hold the frames of both; `other`'s retired frames are moved one by one.
-    pub fn merge<M: TableMemory + ?Sized>(&mut self, mem: &mut M, mut other: Gather) {
-        if let Some((s, e)) = other.flush {
-            self.flush = hull(self.flush, s, e);
-        }
-        if let Some((s, e)) = other.touched {
-            self.touched = hull(self.touched, s, e);
-        }
-        self.walk |= other.walk;
-        while let Some(pa) = other.retired.pop(mem) {
-            // Both lists live in `mem`, so the push resolves whenever the pop did.
-            self.retired.push(mem, pa).ok();
-        }
-    }
-
-    /// The caller declares that the invalidation of [`Gather::flush_range`] (with the walk cache
-    /// if [`Gather::walk_cache`]) has completed; the retired frames become reclaimable.
-    pub fn invalidated(self) -> Reclaim {
-        Reclaim {
-            retired: self.retired,
-        }
-    }
-
-    pub(crate) fn flush(&mut self, s: u64, e: u64) {
-        self.flush = hull(self.flush, s, e);
-        self.touched = hull(self.touched, s, e);
-    }
-
-    pub(crate) fn touch(&mut self, s: u64, e: u64) {
-        self.touched = hull(self.touched, s, e);
-    }
-
-    pub(crate) fn retire<M: TableMemory + ?Sized>(
+    /// # Errors
+    ///
+    /// [`FreeError::Foreign`] if one of `other`'s retired frames is not a frame of `mem`; both
+    /// flushes are then unchanged and `other` is handed back.
+    pub fn merge<M: TableMemory + ?Sized>(
         &mut self,
         mem: &mut M,
-        pa: PhysAddr,
-        span: (u64, u64),
-    ) {
-        self.walk = true;
-        self.flush(span.0, span.1);
-        // The walker only retires frames it just resolved, so this cannot fail.
-        let pushed = self.retired.push(mem, pa);
-        debug_assert!(pushed.is_ok());
+        mut other: Flush,
+    ) -> Result<(), MergeError> {
+        if let Err(error) = self.gather.retired.splice(mem, &mut other.gather.retired) {
+            return Err(MergeError {
+                flush: other,
+                error,
+            });
+        }
+        let o = &other.gather;
+        if let Some((s, e)) = o.flush {
+            self.gather.flush = hull(self.gather.flush, s, e);
+        }
+        if let Some((s, e)) = o.changed {
+            self.gather.changed = hull(self.gather.changed, s, e);
+        }
+        self.gather.walk |= o.walk;
+        Ok(())
+    }
+
+    /// Invalidates the flush range through `tlb` and, once that has completed, hands out the
+    /// retired frames. `tlb` is not called if no translation changed.
+    ///
+    /// # Errors
+    ///
+    /// [`FlushError`] with `tlb`'s error and this flush, unchanged: nothing is reclaimed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "alloc")] fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use core::ops::Range;
+    /// use pagetable::{Chunk, Format, PageTable, PhysAddr, RegionLocked, Reserve, TlbInvalidate,
+    ///                 VecPool, VirtAddr, Attrs, map_bound, unmap_bound};
+    ///
+    /// /// Records the invalidations a driver would issue.
+    /// struct Tlb(Vec<(Range<u64>, bool)>);
+    /// impl TlbInvalidate for Tlb {
+    ///     type Error = core::convert::Infallible;
+    ///     fn invalidate(&mut self, r: Range<u64>, walk: bool) -> Result<(), Self::Error> {
+    ///         self.0.push((r, walk));
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let fmt = Format::panthor(48)?;
+    /// let mut pool = VecPool::new(fmt.granule(), PhysAddr::new(0x1_0000_0000))?;
+    /// let mut pt = PageTable::try_new(fmt, &mut pool)?;
+    /// let mut tlb = Tlb(Vec::new());
+    /// let (va, backing) = (VirtAddr::new(0x40_0000), [Chunk::new(PhysAddr::new(0x8000_0000), 0x4000)]);
+    ///
+    /// let mut reserve = Reserve::new();
+    /// reserve.try_fill(&mut pool, map_bound(&fmt, va, &backing)?.total())?;
+    /// let flush = pt.map(&mut pool, &mut reserve, &mut RegionLocked, va, &backing, Attrs::default())?;
+    /// assert_eq!(flush.range(), None); // a map changes no cached translation
+    /// flush.invalidate(&mut tlb)?.release(&mut pool)?;
+    /// assert!(tlb.0.is_empty());
+    ///
+    /// // Unmapping the four pages empties three tables: they are retired, not freed.
+    /// let flush = pt.unmap(&mut pool, &mut reserve, &mut RegionLocked, va, 0x4000)?;
+    /// assert_eq!(flush.retired_len(), 3);
+    /// let in_use = pool.in_use();
+    /// let mut reclaim = flush.invalidate(&mut tlb)?;      // the proof of invalidation
+    /// assert!(tlb.0[0].0.contains(&0x40_0000) && tlb.0[0].1); // walk cache too
+    /// reclaim.release(&mut pool)?;                         // cleanup: frames back
+    /// assert_eq!(pool.in_use(), in_use - 3);
+    /// reserve.release(&mut pool)?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "alloc"))] fn main() {}
+    /// ```
+    pub fn invalidate<T: TlbInvalidate + ?Sized>(
+        self,
+        tlb: &mut T,
+    ) -> Result<Reclaim, FlushError<T::Error>> {
+        if let Some((s, e)) = self.gather.flush {
+            if let Err(error) = tlb.invalidate(s..e, self.gather.walk) {
+                return Err(FlushError { flush: self, error });
+            }
+        }
+        Ok(Reclaim {
+            retired: self.gather.retired,
+        })
+    }
+
+    /// Gives up on this flush without reclaiming anything: the retired frames are never reused.
+    /// For an address space that will never be used again after a failed invalidation. Returns
+    /// the number of frames given up.
+    #[must_use = "the returned count is the number of frames lost"]
+    pub fn forget(self) -> usize {
+        self.gather.retired.len()
     }
 }
 
-/// Retired frames whose invalidation has completed; only obtainable from
-/// [`Gather::invalidated`].
-#[must_use = "dropping a Reclaim leaks its frames"]
+/// Error returned by [`Flush::invalidate`]: the invalidation failed, nothing was reclaimed.
+#[derive(Debug)]
+pub struct FlushError<E> {
+    /// The flush, unchanged: retry, or [`Flush::forget`] it.
+    pub flush: Flush,
+    /// The driver's error.
+    pub error: E,
+}
+
+impl<E: fmt::Display> fmt::Display for FlushError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tlb invalidation failed: {}", self.error)
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> core::error::Error for FlushError<E> {}
+
+/// Error returned by [`Flush::merge`]: a foreign frame; both flushes are unchanged.
+#[derive(Debug)]
+pub struct MergeError {
+    /// The flush that was to be merged, unchanged.
+    pub flush: Flush,
+    /// Which frame did not resolve.
+    pub error: FreeError,
+}
+
+impl fmt::Display for MergeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot merge flush: {}", self.error)
+    }
+}
+
+impl core::error::Error for MergeError {}
+
+/// Retired frames whose invalidation has completed; only [`Flush::invalidate`] makes one.
+#[must_use = "dropping a Reclaim leaks its frames: call release()"]
 #[derive(Debug)]
 pub struct Reclaim {
     retired: FrameList,
@@ -191,125 +313,24 @@ impl Reclaim {
     ///
     /// # Errors
     ///
-    /// The first [`FreeError`]; the remaining frames are dropped (leaked, never reused).
-    pub fn release<A: FrameAlloc + ?Sized>(mut self, alloc: &mut A) -> Result<(), FreeError> {
-        while let Some(pa) = self.retired.pop(alloc) {
-            alloc.free_frame(pa)?;
-        }
-        Ok(())
+    /// The first [`FreeError`] (for a pool that does not own the frames: [`FreeError::Foreign`]);
+    /// the refused frame and all after it stay here, so nothing is lost: release them into the
+    /// right pool.
+    pub fn release<A: FrameAlloc + ?Sized>(&mut self, alloc: &mut A) -> Result<(), FreeError> {
+        self.retired.release(alloc)
     }
 
-    /// Takes one frame for the caller's own use (e.g. to refill a reserve without a round trip
-    /// through the allocator). Its contents are stale; [`crate::Reserve::push`] zeroes it.
-    pub fn pop<M: TableMemory + ?Sized>(&mut self, mem: &mut M) -> Option<PhysAddr> {
-        self.retired.pop(mem)
-    }
-}
-
-/// Error returned by [`LockRegion::covering`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum LockError {
-    /// The range is empty.
-    Empty,
-}
-
-impl fmt::Display for LockError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("empty lock range")
-    }
-}
-
-impl core::error::Error for LockError {}
-
-/// A Mali `AS_LOCKADDR` region: the naturally aligned power of two of at least 32 KiB that
-/// contains a range.
-///
-/// The hardware locks `2^(width + 1)` bytes at `base`, where the register holds
-/// `base | width`. The width follows from the highest bit in which the first and last byte of
-/// the range differ, so an unaligned range can lock far more than it covers (see
-/// [`LockRegion::over_lock`]): `[0x7F_FFFF_F000, +8 KiB)` locks 1 TiB.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct LockRegion {
-    base: u64,
-    size_log2: u8,
-    len: u64,
-}
-
-/// The smallest lock region, 32 KiB (`AS_LOCK_REGION_MIN_SIZE`).
-pub const LOCK_REGION_MIN_LOG2: u8 = 15;
-
-impl LockRegion {
-    /// The region covering `range`.
+    /// Takes one frame for the caller's own use (e.g. to refill a reserve with
+    /// [`Reserve::push`](crate::Reserve::push), which zeroes it, without a round trip through
+    /// the allocator).
     ///
     /// # Errors
     ///
-    /// [`LockError::Empty`] if `range` is empty.
-    pub fn covering(range: Range<u64>) -> Result<Self, LockError> {
-        if range.start >= range.end {
-            return Err(LockError::Empty);
-        }
-        let last = range.end - 1;
-        let diff = range.start ^ last;
-        let bits = 64 - diff.leading_zeros();
-        let size_log2 = u8::try_from(bits).unwrap_or(64).max(LOCK_REGION_MIN_LOG2);
-        let base = if size_log2 >= 64 {
-            0
-        } else {
-            range.start & !((1u64 << size_log2) - 1)
-        };
-        Ok(Self {
-            base,
-            size_log2,
-            len: range.end - range.start,
-        })
-    }
-
-    /// The first locked byte.
-    #[must_use]
-    pub const fn base(&self) -> u64 {
-        self.base
-    }
-
-    /// log2 of the locked size.
-    #[must_use]
-    pub const fn size_log2(&self) -> u8 {
-        self.size_log2
-    }
-
-    /// The locked size in bytes (saturating at `u64::MAX` for the whole 64-bit space).
-    #[must_use]
-    pub const fn size(&self) -> u64 {
-        if self.size_log2 >= 64 {
-            u64::MAX
-        } else {
-            1 << self.size_log2
-        }
-    }
-
-    /// The register value: `base | (log2(size) - 1)`.
-    #[must_use]
-    pub const fn encode(&self) -> u64 {
-        self.base | (self.size_log2 as u64 - 1)
-    }
-
-    /// Locked bytes per requested byte (1.0 when the range is itself an aligned power of two of
-    /// at least 32 KiB).
-    #[must_use]
-    pub fn over_lock(&self) -> f64 {
-        // Precision loss is irrelevant for a ratio reported to humans.
-        let size = if self.size_log2 >= 64 {
-            18_446_744_073_709_551_616.0
-        } else {
-            self.size() as f64
-        };
-        size / self.len as f64
-    }
-
-    /// Whether the region contains all of `range`.
-    #[must_use]
-    pub fn covers(&self, range: Range<u64>) -> bool {
-        let end = u128::from(self.base) + (1u128 << self.size_log2);
-        range.start >= self.base && u128::from(range.end) <= end
+    /// [`FreeError::Foreign`] if the next frame is not a frame of `mem`; nothing changes.
+    pub fn pop<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+    ) -> Result<Option<PhysAddr>, FreeError> {
+        self.retired.pop(mem)
     }
 }

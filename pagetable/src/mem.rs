@@ -1,7 +1,7 @@
 //! Table memory: where frames live, and how they are allocated outside the run stage.
 //!
 //! A *frame* is one granule of memory holding a table: its physical address, its
-//! `granule / 8` entries (512, 2048 or 8192 `u64`s), and a small [`FrameMeta`] that only this
+//! `granule / 8` entries (512, 2048 or 8192 [`Pte`]s), and a small [`FrameMeta`] that only this
 //! crate reads or writes (the live-entry count and a list link). The metadata lives beside the
 //! entries, never in them, so a retired table the GPU may still walk is never written to.
 //!
@@ -15,6 +15,7 @@ use core::fmt;
 
 use crate::addr::{u64_from, usize_from, PhysAddr};
 use crate::format::{Granule, OA_BITS};
+use crate::pte::Pte;
 
 /// Per-frame bookkeeping owned by this crate; the memory provider only stores it.
 ///
@@ -38,16 +39,37 @@ impl FrameMeta {
 }
 
 /// Safe access to table frames by physical address. Used by every table operation.
+///
+/// # Contract
+///
+/// Nothing here is `unsafe`, so breaking the contract cannot cause undefined behaviour in this
+/// crate, but it makes the GPU walk something other than what the tables say. An implementation
+/// must keep all of these:
+///
+/// * **The physical address is what the GPU walks.** `frame(pa)` returns the memory the GPU
+///   reads when a descriptor points at `pa` (for the root: what the translation-table base
+///   register holds). Writes through [`TableMemory::frame_mut`] reach that memory in program
+///   order (for non-coherent table walks, after the cache clean the caller does from
+///   [`UpdateHooks::written`](crate::UpdateHooks::written)).
+/// * **Frames never alias.** Two different addresses resolve to disjoint memory, and no frame
+///   overlaps memory the caller maps for the GPU.
+/// * **Exact size.** The entry slice holds exactly `granule().entries()` entries (512, 2048 or
+///   8192); a frame of another size is treated as foreign.
+/// * **Stable.** Between two calls of this crate, an address keeps resolving (or not) to the same
+///   frame, and nobody but this crate writes its entries or its [`FrameMeta`].
+/// * **Within the output-address width.** Every frame address is below the
+///   [`Format::oa_limit`](crate::Format::oa_limit) of the tables that use it (a table descriptor
+///   cannot point higher).
 pub trait TableMemory {
     /// The granule every frame of this memory is sized for.
     fn granule(&self) -> Granule;
 
     /// The entries and metadata of the frame at `pa`, or `None` if `pa` is not a frame here.
     /// The slice must hold exactly `granule().entries()` entries.
-    fn frame(&self, pa: PhysAddr) -> Option<(&[u64], &FrameMeta)>;
+    fn frame(&self, pa: PhysAddr) -> Option<(&[Pte], &FrameMeta)>;
 
     /// Mutable access to the frame at `pa`, as [`TableMemory::frame`].
-    fn frame_mut(&mut self, pa: PhysAddr) -> Option<(&mut [u64], &mut FrameMeta)>;
+    fn frame_mut(&mut self, pa: PhysAddr) -> Option<(&mut [Pte], &mut FrameMeta)>;
 }
 
 /// Error returned by [`FrameAlloc::alloc_frame`] and everything that reserves frames.
@@ -94,6 +116,20 @@ impl fmt::Display for FreeError {
 impl core::error::Error for FreeError {}
 
 /// Allocation of table frames. Prepare and cleanup only; the run stage never sees this trait.
+///
+/// # Contract
+///
+/// Everything [`TableMemory`] requires, and:
+///
+/// * **Zeroed, unused frames.** [`FrameAlloc::alloc_frame`] returns a frame whose entries are all
+///   [`Pte::INVALID`] and whose metadata is `FrameMeta::default()`, that is not handed out
+///   already and that no GPU walk can still reach (nothing of an old use is cached).
+/// * **Own frames only.** [`FrameAlloc::free_frame`] takes back only frames this allocator handed
+///   out and that are in use, and refuses anything else with [`FreeError`] without changing
+///   anything; a refused frame stays where it was (reserve, retired list), nothing is lost.
+/// * **Frees may scribble.** A freed frame's entries and metadata may be overwritten at once (a
+///   pool links its free list through the metadata), so this crate reads whatever it needs from
+///   a frame before freeing it.
 pub trait FrameAlloc: TableMemory {
     /// Hands out a frame whose entries are all zero and whose metadata is reset.
     ///
@@ -138,32 +174,76 @@ impl FrameList {
         &mut self,
         mem: &mut M,
         pa: PhysAddr,
-    ) -> Result<(), ()> {
-        let (_, meta) = mem.frame_mut(pa).ok_or(())?;
+    ) -> Result<(), FreeError> {
+        let (_, meta) = mem.frame_mut(pa).ok_or(FreeError::Foreign { pa })?;
         meta.next = self.head;
         self.head = Some(pa);
         self.len += 1;
         Ok(())
     }
 
-    /// Pops the head; `None` if empty or the head does not resolve (then nothing changes).
-    pub(crate) fn pop<M: TableMemory + ?Sized>(&mut self, mem: &mut M) -> Option<PhysAddr> {
+    /// Pops the head: `Ok(None)` if empty, `Err(Foreign)` (nothing changes) if the head does not
+    /// resolve in `mem`.
+    pub(crate) fn pop<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+    ) -> Result<Option<PhysAddr>, FreeError> {
         // The length bounds the walk even if a broken provider aliases frames into a cycle.
-        if self.len == 0 {
-            return None;
-        }
-        let pa = self.head?;
-        let (_, meta) = mem.frame_mut(pa)?;
+        let Some(pa) = self.head.filter(|_| self.len > 0) else {
+            return Ok(None);
+        };
+        let (_, meta) = mem.frame_mut(pa).ok_or(FreeError::Foreign { pa })?;
         self.head = meta.next.take();
         self.len -= 1;
-        Some(pa)
+        Ok(Some(pa))
     }
 
-    /// Whether the first `n` frames all resolve to full-size frames of `mem`.
+    /// Frees every frame into `alloc`, head first. On the first refusal the refused frame and
+    /// all after it stay on the list (nothing is lost) and the error is returned.
+    pub(crate) fn release<A: FrameAlloc + ?Sized>(
+        &mut self,
+        alloc: &mut A,
+    ) -> Result<(), FreeError> {
+        while let Some(pa) = self.head.filter(|_| self.len > 0) {
+            // Read the link first: a pool may reuse the metadata as soon as it has the frame.
+            let next = alloc.frame(pa).ok_or(FreeError::Foreign { pa })?.1.next;
+            alloc.free_frame(pa)?;
+            self.head = next;
+            self.len -= 1;
+        }
+        self.head = None;
+        Ok(())
+    }
+
+    /// Moves every frame of `other` in front of this list. Walks `other` once in `mem`; if one
+    /// of its frames does not resolve, `Err(Foreign)` and neither list changes.
+    pub(crate) fn splice<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        other: &mut FrameList,
+    ) -> Result<(), FreeError> {
+        let Some(first) = other.head.filter(|_| other.len > 0) else {
+            return Ok(());
+        };
+        let mut tail = first;
+        for _ in 1..other.len {
+            let (_, meta) = mem.frame(tail).ok_or(FreeError::Foreign { pa: tail })?;
+            tail = meta.next.ok_or(FreeError::Foreign { pa: tail })?;
+        }
+        let (_, meta) = mem.frame_mut(tail).ok_or(FreeError::Foreign { pa: tail })?;
+        meta.next = self.head;
+        self.head = Some(first);
+        self.len += other.len;
+        *other = FrameList::new();
+        Ok(())
+    }
+
+    /// Whether the first `n` frames all resolve to full-size frames of `mem` below `oa_limit`.
     pub(crate) fn first_n_resolve<M: TableMemory + ?Sized>(
         &self,
         mem: &M,
         n: usize,
+        oa_limit: u64,
     ) -> Result<(), Option<PhysAddr>> {
         if n > self.len {
             return Err(None);
@@ -173,7 +253,7 @@ impl FrameList {
         for _ in 0..n {
             let pa = cur.ok_or(None)?;
             let (e, meta) = mem.frame(pa).ok_or(Some(pa))?;
-            if e.len() != want {
+            if e.len() != want || pa.as_u64() >= oa_limit {
                 return Err(Some(pa));
             }
             cur = meta.next;
@@ -268,10 +348,10 @@ impl PoolCore {
 
 fn frame_in<'a>(
     core: &PoolCore,
-    entries: &'a [u64],
+    entries: &'a [Pte],
     metas: &'a [FrameMeta],
     pa: PhysAddr,
-) -> Option<(&'a [u64], &'a FrameMeta)> {
+) -> Option<(&'a [Pte], &'a FrameMeta)> {
     let i = core.index(pa, metas.len())?;
     let n = core.granule.entries();
     Some((entries.get(i * n..(i + 1) * n)?, metas.get(i)?))
@@ -279,10 +359,10 @@ fn frame_in<'a>(
 
 fn frame_in_mut<'a>(
     core: &PoolCore,
-    entries: &'a mut [u64],
+    entries: &'a mut [Pte],
     metas: &'a mut [FrameMeta],
     pa: PhysAddr,
-) -> Option<(&'a mut [u64], &'a mut FrameMeta)> {
+) -> Option<(&'a mut [Pte], &'a mut FrameMeta)> {
     let i = core.index(pa, metas.len())?;
     let n = core.granule.entries();
     Some((entries.get_mut(i * n..(i + 1) * n)?, metas.get_mut(i)?))
@@ -291,12 +371,12 @@ fn frame_in_mut<'a>(
 /// Marks frame `pa` allocated, zeroes it and resets its metadata.
 fn hand_out(
     core: &mut PoolCore,
-    entries: &mut [u64],
+    entries: &mut [Pte],
     metas: &mut [FrameMeta],
     pa: PhysAddr,
 ) -> Result<PhysAddr, AllocError> {
     let (e, m) = frame_in_mut(core, entries, metas, pa).ok_or(AllocError::OutOfFrames)?;
-    e.fill(0);
+    e.fill(Pte::INVALID);
     *m = FrameMeta {
         live: 0,
         next: None,
@@ -308,7 +388,7 @@ fn hand_out(
 
 fn take_back(
     core: &mut PoolCore,
-    entries: &mut [u64],
+    entries: &mut [Pte],
     metas: &mut [FrameMeta],
     pa: PhysAddr,
 ) -> Result<(), FreeError> {
@@ -344,7 +424,7 @@ fn pop_free(core: &mut PoolCore, metas: &mut [FrameMeta]) -> Option<PhysAddr> {
 #[derive(Debug)]
 pub struct SlicePool<'a> {
     core: PoolCore,
-    entries: &'a mut [u64],
+    entries: &'a mut [Pte],
     metas: &'a mut [FrameMeta],
 }
 
@@ -358,7 +438,7 @@ impl<'a> SlicePool<'a> {
     pub fn new(
         granule: Granule,
         base: PhysAddr,
-        entries: &'a mut [u64],
+        entries: &'a mut [Pte],
         metas: &'a mut [FrameMeta],
     ) -> Result<Self, PoolError> {
         let core = PoolCore::new(granule, base)?;
@@ -394,11 +474,11 @@ impl TableMemory for SlicePool<'_> {
         self.core.granule
     }
 
-    fn frame(&self, pa: PhysAddr) -> Option<(&[u64], &FrameMeta)> {
+    fn frame(&self, pa: PhysAddr) -> Option<(&[Pte], &FrameMeta)> {
         frame_in(&self.core, self.entries, self.metas, pa)
     }
 
-    fn frame_mut(&mut self, pa: PhysAddr) -> Option<(&mut [u64], &mut FrameMeta)> {
+    fn frame_mut(&mut self, pa: PhysAddr) -> Option<(&mut [Pte], &mut FrameMeta)> {
         frame_in_mut(&self.core, self.entries, self.metas, pa)
     }
 }
@@ -433,6 +513,7 @@ mod vec_pool {
     use super::{AllocError, FrameAlloc, FrameMeta, FreeError, TableMemory};
     use crate::addr::PhysAddr;
     use crate::format::Granule;
+    use crate::pte::Pte;
 
     /// A growable frame pool in host memory (feature `alloc`); every allocation is fallible.
     ///
@@ -441,7 +522,7 @@ mod vec_pool {
     #[derive(Debug)]
     pub struct VecPool {
         core: PoolCore,
-        entries: Vec<u64>,
+        entries: Vec<Pte>,
         metas: Vec<FrameMeta>,
         limit: usize,
     }
@@ -493,7 +574,7 @@ mod vec_pool {
             self.metas
                 .try_reserve(1)
                 .map_err(|_| AllocError::OutOfFrames)?;
-            self.entries.extend(core::iter::repeat_n(0, n));
+            self.entries.extend(core::iter::repeat_n(Pte::INVALID, n));
             #[expect(
                 clippy::disallowed_methods,
                 reason = "capacity reserved by try_reserve above"
@@ -510,11 +591,11 @@ mod vec_pool {
             self.core.granule
         }
 
-        fn frame(&self, pa: PhysAddr) -> Option<(&[u64], &FrameMeta)> {
+        fn frame(&self, pa: PhysAddr) -> Option<(&[Pte], &FrameMeta)> {
             frame_in(&self.core, &self.entries, &self.metas, pa)
         }
 
-        fn frame_mut(&mut self, pa: PhysAddr) -> Option<(&mut [u64], &mut FrameMeta)> {
+        fn frame_mut(&mut self, pa: PhysAddr) -> Option<(&mut [Pte], &mut FrameMeta)> {
             frame_in_mut(&self.core, &mut self.entries, &mut self.metas, pa)
         }
     }

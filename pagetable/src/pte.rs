@@ -1,6 +1,6 @@
 //! VMSAv8-64 stage-1 descriptors: attributes, encoding and decoding.
 //!
-//! Layout (see `pagetables-and-vmbind.md` 1.3):
+//! Layout (VMSAv8-64 stage 1, as Linux's io-pgtable encodes `ARM_64_LPAE_S1`):
 //!
 //! ```text
 //!  63  55 54 53 52   48 47             g  11 10  9 8  7   6   5  4    2  1 0
@@ -19,6 +19,7 @@ use core::fmt;
 
 use crate::addr::PhysAddr;
 use crate::format::Format;
+use crate::level::Level;
 
 const TYPE_MASK: u64 = 0b11;
 const TYPE_BLOCK: u64 = 0b01;
@@ -181,8 +182,13 @@ impl Attrs {
     }
 }
 
-/// A raw 64-bit descriptor.
+/// A raw 64-bit descriptor, as stored in a table frame.
+///
+/// `#[repr(transparent)]` over `u64`, so a [`TableMemory`](crate::TableMemory) implementation
+/// may view a frame's memory as `[Pte]` (the little-endian byte order the GPU reads is the host's
+/// on every platform this crate targets). [`Pte::INVALID`] (all zero) is the empty entry.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(transparent)]
 pub struct Pte(u64);
 
 impl Pte {
@@ -245,14 +251,15 @@ pub enum EncodeError {
     /// The format allows no leaf (or no table) at this level.
     Level {
         /// The rejected level.
-        level: u8,
+        level: Level,
     },
     /// The address is not aligned to the leaf size (or, for a table, the granule).
     Misaligned {
         /// The rejected address.
         pa: PhysAddr,
     },
-    /// The address does not fit the 48-bit output address.
+    /// The address is at or beyond the format's output-address limit
+    /// ([`Format::oa_limit`]).
     OutOfRange {
         /// The rejected address.
         pa: PhysAddr,
@@ -265,7 +272,7 @@ impl fmt::Display for EncodeError {
             Self::Level { level } => write!(f, "no such descriptor at level {level}"),
             Self::Misaligned { pa } => write!(f, "output address {:#x} misaligned", pa.as_u64()),
             Self::OutOfRange { pa } => {
-                write!(f, "output address {:#x} beyond 48 bits", pa.as_u64())
+                write!(f, "output address {:#x} beyond the pa width", pa.as_u64())
             }
         }
     }
@@ -275,8 +282,8 @@ impl core::error::Error for EncodeError {}
 
 impl Format {
     /// Type and attribute bits of a leaf at `level` (no address); the walker ORs in the address.
-    pub(crate) const fn leaf_bits(&self, level: u8, attrs: Attrs) -> u64 {
-        let ty = if level == 3 {
+    pub(crate) const fn leaf_bits(&self, level: Level, attrs: Attrs) -> u64 {
+        let ty = if level.is_last() {
             TYPE_TABLE_OR_PAGE
         } else {
             TYPE_BLOCK
@@ -294,13 +301,19 @@ impl Format {
     /// # Errors
     ///
     /// [`EncodeError::Level`] where this format writes no leaf, [`EncodeError::Misaligned`] if
-    /// `pa` is not aligned to the leaf size, [`EncodeError::OutOfRange`] past 48 bits.
-    pub fn encode_leaf(&self, level: u8, pa: PhysAddr, attrs: Attrs) -> Result<Pte, EncodeError> {
+    /// `pa` is not aligned to the leaf size, [`EncodeError::OutOfRange`] at or past
+    /// [`Format::oa_limit`].
+    pub fn encode_leaf(
+        &self,
+        level: Level,
+        pa: PhysAddr,
+        attrs: Attrs,
+    ) -> Result<Pte, EncodeError> {
         if !self.is_leaf_level(level) || level < self.start_level() {
             return Err(EncodeError::Level { level });
         }
         let raw = pa.as_u64();
-        if raw >> crate::format::OA_BITS != 0 {
+        if raw >= self.oa_limit() {
             return Err(EncodeError::OutOfRange { pa });
         }
         if raw & (self.entry_size(level) - 1) != 0 {
@@ -314,13 +327,13 @@ impl Format {
     /// # Errors
     ///
     /// [`EncodeError::Level`] at level 3 or above the root, [`EncodeError::Misaligned`] if `pa`
-    /// is not granule-aligned, [`EncodeError::OutOfRange`] past 48 bits.
-    pub fn encode_table(&self, level: u8, pa: PhysAddr) -> Result<Pte, EncodeError> {
-        if level >= 3 || level < self.start_level() {
+    /// is not granule-aligned, [`EncodeError::OutOfRange`] at or past [`Format::oa_limit`].
+    pub fn encode_table(&self, level: Level, pa: PhysAddr) -> Result<Pte, EncodeError> {
+        if level.is_last() || level < self.start_level() {
             return Err(EncodeError::Level { level });
         }
         let raw = pa.as_u64();
-        if raw >> crate::format::OA_BITS != 0 {
+        if raw >= self.oa_limit() {
             return Err(EncodeError::OutOfRange { pa });
         }
         if raw & (self.page_size() - 1) != 0 {
@@ -330,22 +343,25 @@ impl Format {
     }
 
     /// Decodes a descriptor found at `level`. Total: every input has an answer.
+    ///
+    /// A leaf whose output address is at or beyond [`Format::oa_limit`] decodes as
+    /// [`Desc::Reserved`]: this crate never writes one.
     #[must_use]
-    pub fn decode(&self, level: u8, pte: Pte) -> Desc {
+    pub fn decode(&self, level: Level, pte: Pte) -> Desc {
         let raw = pte.0;
         if raw & 1 == 0 {
             return Desc::Invalid;
         }
-        if level > 3 || level < self.start_level() {
+        if level < self.start_level() {
             return Desc::Reserved;
         }
         let ty = raw & TYPE_MASK;
-        if level < 3 && ty == TYPE_TABLE_OR_PAGE {
+        if !level.is_last() && ty == TYPE_TABLE_OR_PAGE {
             return Desc::Table {
                 pa: PhysAddr::new(raw & self.oa_mask()),
             };
         }
-        let is_leaf_type = if level == 3 {
+        let is_leaf_type = if level.is_last() {
             ty == TYPE_TABLE_OR_PAGE
         } else {
             ty == TYPE_BLOCK
@@ -355,7 +371,7 @@ impl Format {
         }
         let size = self.entry_size(level);
         let oa = raw & self.oa_mask();
-        if oa & (size - 1) != 0 {
+        if oa & (size - 1) != 0 || oa >= self.oa_limit() {
             return Desc::Reserved;
         }
         match Attrs::from_bits(raw) {

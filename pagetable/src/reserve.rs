@@ -4,6 +4,7 @@ use core::fmt;
 
 use crate::addr::{u64_from, usize_from, PhysAddr};
 use crate::mem::{AllocError, FrameAlloc, FrameList, FreeError, TableMemory};
+use crate::pte::Pte;
 
 /// Error returned by [`Reserve::push`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +33,8 @@ impl core::error::Error for ReserveError {}
 /// [`PageTable::map`](crate::PageTable::map) / [`unmap`](crate::PageTable::unmap) /
 /// [`protect`](crate::PageTable::protect), which only pop. Leftovers go back in cleanup through
 /// [`Reserve::release`]. Frames retired by an operation never come back here: they go to the
-/// job's [`Gather`](crate::Gather), a different type (acceptance check 15).
+/// job's [`Flush`](crate::Flush), a different type, and come back only through a
+/// [`Reclaim`](crate::Reclaim) after the TLB invalidation.
 ///
 /// The frames are chained through their [`FrameMeta`](crate::FrameMeta), so a reserve of any
 /// size needs no storage of its own.
@@ -68,6 +70,26 @@ impl Reserve {
     ///
     /// [`AllocError`] if the provider runs out; the frames allocated by this call are given back
     /// and the reserve is as before.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "alloc")] fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pagetable::{unmap_bound, Format, PhysAddr, Reserve, VecPool, VirtAddr};
+    ///
+    /// let fmt = Format::panthor(48)?;
+    /// let mut pool = VecPool::new(fmt.granule(), PhysAddr::new(0x1_0000_0000))?.with_limit(2);
+    /// let mut reserve = Reserve::new();
+    /// // Unmapping a page in the middle of nowhere may split one 2 MiB block: one frame.
+    /// reserve.try_fill(&mut pool, unmap_bound(&fmt, VirtAddr::new(0x20_1000), 0x1000)?.total())?;
+    /// assert_eq!(reserve.len(), 1);
+    /// assert!(reserve.try_fill(&mut pool, 5).is_err()); // all or nothing
+    /// assert_eq!((reserve.len(), pool.in_use()), (1, 1));
+    /// reserve.release(&mut pool)?; // cleanup
+    /// assert_eq!(pool.in_use(), 0);
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "alloc"))] fn main() {}
+    /// ```
     pub fn try_fill<A: FrameAlloc + ?Sized>(
         &mut self,
         alloc: &mut A,
@@ -83,7 +105,7 @@ impl Reserve {
                     return Err(e);
                 }
             };
-            if self.frames.push(alloc, pa).is_err() {
+            if self.frames.push(&mut *alloc, pa).is_err() {
                 // A provider handing out frames it cannot resolve is broken; give it back.
                 alloc.free_frame(pa).ok();
                 self.unwind(alloc, before);
@@ -97,10 +119,11 @@ impl Reserve {
     fn unwind<A: FrameAlloc + ?Sized>(&mut self, alloc: &mut A, keep: usize) {
         while self.frames.len() > keep {
             match self.frames.pop(alloc) {
-                Some(pa) => {
+                Ok(Some(pa)) => {
+                    // Just allocated by `alloc`: it takes it back.
                     alloc.free_frame(pa).ok();
                 }
-                None => break,
+                Ok(None) | Err(_) => break,
             }
         }
     }
@@ -120,36 +143,39 @@ impl Reserve {
         if e.len() != want {
             return Err(ReserveError::Foreign { pa });
         }
-        e.fill(0);
+        e.fill(Pte::INVALID);
         meta.live = 0;
         self.frames
             .push(mem, pa)
-            .map_err(|()| ReserveError::Foreign { pa })
+            .map_err(|_| ReserveError::Foreign { pa })
     }
 
     /// Returns every remaining frame to `alloc` (cleanup stage).
     ///
     /// # Errors
     ///
-    /// The first [`FreeError`]; frames before it were returned, the failing one is dropped from
-    /// the reserve, the rest stay.
+    /// The first [`FreeError`] (for a pool the frames do not belong to: [`FreeError::Foreign`]);
+    /// the frames before it were returned, the refused one and all after it stay in the reserve,
+    /// so nothing is lost: release them into the right pool.
     pub fn release<A: FrameAlloc + ?Sized>(&mut self, alloc: &mut A) -> Result<(), FreeError> {
-        while let Some(pa) = self.frames.pop(alloc) {
-            alloc.free_frame(pa)?;
-        }
-        Ok(())
+        self.frames.release(alloc)
     }
 
-    pub(crate) fn pop<M: TableMemory + ?Sized>(&mut self, mem: &mut M) -> Option<PhysAddr> {
+    pub(crate) fn pop<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+    ) -> Result<Option<PhysAddr>, FreeError> {
         self.frames.pop(mem)
     }
 
-    /// Checks, before anything is written, that the reservation can supply `need` frames: it holds
-    /// that many and the first `need` of them resolve in `mem`.
+    /// Checks, before anything is written, that the reservation can supply `need` frames: it
+    /// holds that many, and the first `need` of them resolve in `mem` and lie below `oa_limit`
+    /// (a table descriptor cannot point higher).
     pub(crate) fn ensure<M: TableMemory + ?Sized>(
         &self,
         mem: &M,
         need: u64,
+        oa_limit: u64,
     ) -> Result<(), Shortfall> {
         let available = u64_from(self.len());
         if need > available {
@@ -159,7 +185,7 @@ impl Reserve {
             });
         }
         self.frames
-            .first_n_resolve(mem, usize_from(need))
+            .first_n_resolve(mem, usize_from(need), oa_limit)
             .map_err(|pa| match pa {
                 Some(pa) => Shortfall::BadTable(pa),
                 None => Shortfall::Short {

@@ -1,245 +1,62 @@
-//! [`PageTable`]: one walker for map, unmap, protect, translate and audit.
+//! [`PageTable`]: a format and a root frame; the entry points of every operation.
 //!
-//! Every mutating operation runs in two passes over the same recursion:
+//! The operations themselves are walks (one recursion per operation, generic over a plan and an
+//! execute pass): map, unmap and protect run through an
+//! [`UpdateContext`]; translate, the leaf iterator, audit and destroy are read-mostly walks here.
 //!
-//! 1. **plan** (read-only): validates the tables in the way, finds conflicts, and counts the
-//!    frames the operation needs against the *current* state; if anything is wrong, or the
-//!    reserve is short, it returns an error and nothing has been written;
-//! 2. **exec**: the same decisions again, writing descriptors, popping frames from the reserve,
-//!    retiring emptied tables to the [`Gather`].
+//! # Split rules
 //!
-//! The plan pass of a map, run over absent tables only, is exactly [`map_bound`]: the bound and
-//! the mapping are computed by the very same iterator, so they cannot disagree.
+//! An unmap or protect that covers only part of a block splits it: the block is replaced by a
+//! table of leaves one level down mapping the same memory with the same attributes, and the walk
+//! continues inside that table, so a leaf that is again only partly covered is split again. A
+//! 1 GiB block with an unmapped 4 KiB page in its middle becomes 511 2 MiB blocks and one table
+//! of 511 pages:
 //!
-//! [`map_bound`]: crate::map_bound
+//! ```text
+//! before   L1 [ ........................ 1 GiB block ......................... ]
+//! request          unmap one page  -->  ^
+//!
+//! after    L1 [ table ]
+//!               |
+//!          L2 [ 2M ][ 2M ] ... [ table ] ... [ 2M ][ 2M ]      (511 blocks + 1 table)
+//!                                  |
+//!          L3                    [ 4K ][ 4K ] .. [    ] .. [ 4K ]   (511 pages + the hole)
+//! ```
+//!
+//! Each split, top level first, is break-before-make:
+//!
+//! ```text
+//! 1. pop a frame from the reserve; fill it with the block's memory as next-level leaves
+//!    (unreachable, so no ordering matters; reported to UpdateHooks::written)
+//! 2. break:  clear the block descriptor                  (UpdateHooks::written)
+//! 3.         UpdateHooks::break_before_make(block)       (invalidate it, or hold a lock region)
+//! 4. make:   install the table descriptor                (UpdateHooks::written)
+//! 5. continue inside the new table: clear (unmap) or rewrite (protect) the covered leaves,
+//!    split the partly covered ones by the same rules
+//! ```
+//!
+//! A split needs one frame per split block; [`unmap_bound`](crate::unmap_bound) reserves the
+//! most any state can need: for each end not aligned to the largest leaf, one table per level
+//! from below the largest block down to the first level at which that end is aligned (the
+//! `split_keeps_the_rest_and_follows_bbm` test checks the counts and the order of the hook calls).
+//!
+//! An unmap that empties a table unhooks it (parent entry cleared) and retires its frame to the
+//! update's [`Flush`]; a fully covered subtree is unhooked and retired whole, as io-pgtable frees
+//! a fully covered subtree, without clearing its entries.
 
 use core::ops::Range;
 
-use crate::addr::{u64_from, usize_from, Chunk, PhysAddr, VirtAddr};
-use crate::error::{
-    AuditError, MapError, NewError, ProtectError, Req, Stop, TranslateError, UnmapError,
-};
-use crate::flush::{BreakBeforeMake, Gather};
-use crate::format::{Format, OA_BITS};
-use crate::mem::{FrameAlloc, FrameMeta, TableMemory};
+use crate::addr::{u64_from, Chunk, PhysAddr, VirtAddr};
+use crate::error::{AuditError, MapError, NewError, RangeError, TranslateError, WalkError};
+use crate::flush::{Flush, UpdateHooks};
+use crate::format::Format;
+use crate::gather::Gather;
+use crate::level::Level;
+use crate::mem::{FrameAlloc, TableMemory};
 use crate::pte::{Attrs, Desc, Pte};
-use crate::reserve::{Reserve, Shortfall};
-
-/// A position in a backing: chunk `idx`, `off` bytes in.
-///
-/// # Invariants
-///
-/// `off < chunks[idx].len` unless the cursor is past the last chunk.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Cursor<'a> {
-    chunks: &'a [Chunk],
-    idx: usize,
-    off: u64,
-}
-
-impl<'a> Cursor<'a> {
-    pub(crate) const fn new(chunks: &'a [Chunk]) -> Self {
-        Self {
-            chunks,
-            idx: 0,
-            off: 0,
-        }
-    }
-
-    fn pa(&self) -> u64 {
-        self.chunks
-            .get(self.idx)
-            .map_or(0, |c| c.pa.as_u64() + self.off)
-    }
-
-    fn remaining(&self) -> u64 {
-        self.chunks.get(self.idx).map_or(0, |c| c.len - self.off)
-    }
-
-    /// Whether a block of `size` bytes fits here: PA aligned, and the chunk long enough.
-    fn fits(&self, size: u64) -> bool {
-        self.pa() & (size - 1) == 0 && self.remaining() >= size
-    }
-
-    fn advance(&mut self, mut n: u64) {
-        while n > 0 {
-            let Some(c) = self.chunks.get(self.idx) else {
-                return;
-            };
-            let r = c.len - self.off;
-            if n < r {
-                self.off += n;
-                return;
-            }
-            n -= r;
-            self.idx += 1;
-            self.off = 0;
-        }
-    }
-}
-
-/// Validates a map request; returns its length.
-pub(crate) fn validate_map(fmt: &Format, va: VirtAddr, backing: &[Chunk]) -> Result<u64, Req> {
-    let page = fmt.page_size();
-    let mut len = 0u64;
-    for (index, c) in backing.iter().enumerate() {
-        let end = c.pa.as_u64().checked_add(c.len);
-        if c.len == 0
-            || c.len & (page - 1) != 0
-            || c.pa.as_u64() & (page - 1) != 0
-            || end.is_none_or(|e| e > 1 << OA_BITS)
-        {
-            return Err(Req::BadChunk { index });
-        }
-        len = len.checked_add(c.len).ok_or(Req::OutOfRange)?;
-    }
-    if va.as_u64() & (page - 1) != 0 {
-        return Err(Req::Misaligned { va, len });
-    }
-    if len == 0 {
-        return Err(Req::ZeroLength);
-    }
-    match va.as_u64().checked_add(len) {
-        Some(end) if end <= fmt.va_limit() => Ok(len),
-        _ => Err(Req::OutOfRange),
-    }
-}
-
-/// Validates an unmap/protect range.
-pub(crate) fn validate_range(fmt: &Format, va: VirtAddr, len: u64) -> Result<(), Req> {
-    let page = fmt.page_size();
-    if (va.as_u64() | len) & (page - 1) != 0 {
-        return Err(Req::Misaligned { va, len });
-    }
-    if len == 0 {
-        return Err(Req::ZeroLength);
-    }
-    match va.as_u64().checked_add(len) {
-        Some(end) if end <= fmt.va_limit() => Ok(()),
-        _ => Err(Req::OutOfRange),
-    }
-}
-
-fn resolve<M: TableMemory + ?Sized>(mem: &M, pa: PhysAddr, n: usize) -> Result<&[u64], Stop> {
-    match mem.frame(pa) {
-        Some((e, _)) if e.len() == n => Ok(e),
-        _ => Err(Stop::BadTable(pa)),
-    }
-}
-
-fn resolve_mut<M: TableMemory + ?Sized>(
-    mem: &mut M,
-    pa: PhysAddr,
-    n: usize,
-) -> Result<(&mut [u64], &mut FrameMeta), Stop> {
-    match mem.frame_mut(pa) {
-        Some((e, m)) if e.len() == n => Ok((e, m)),
-        _ => Err(Stop::BadTable(pa)),
-    }
-}
-
-fn u32_from(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-/// The map recursion's plan pass (shared with [`crate::map_bound`]).
-///
-/// Walks `[s, e)` inside the table at `level` (absent if `table` is `None`, in which case
-/// `mem` is not consulted), advancing `cur`, and calls `on_table(level, window_start)` for every
-/// table the map would have to create. Decisions (block vs. descend) are exactly those of
-/// [`PageTable::map`]'s exec pass.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one recursion carries the whole walk state"
-)]
-pub(crate) fn plan_map<M, F>(
-    fmt: &Format,
-    mem: Option<&M>,
-    table: Option<PhysAddr>,
-    level: u8,
-    s: u64,
-    e: u64,
-    cur: &mut Cursor<'_>,
-    on_table: &mut F,
-) -> Result<(), Stop>
-where
-    M: TableMemory + ?Sized,
-    F: FnMut(u8, u64) -> Result<(), Stop>,
-{
-    let n = fmt.granule().entries();
-    let ents = match (mem, table) {
-        (Some(m), Some(t)) => Some(resolve(m, t, n)?),
-        _ => None,
-    };
-    if level >= 3 {
-        if let Some(ents) = ents {
-            let i0 = fmt.index(s, 3);
-            let cnt = usize_from((e - s) >> fmt.granule().shift());
-            let slots = ents.get(i0..i0 + cnt).ok_or(Stop::Corrupt(s))?;
-            if let Some(p) = slots.iter().position(|x| x & 1 != 0) {
-                return Err(Stop::AlreadyMapped(
-                    s + (u64_from(p) << fmt.granule().shift()),
-                ));
-            }
-        }
-        cur.advance(e - s);
-        return Ok(());
-    }
-    let size = fmt.entry_size(level);
-    let mut va = s;
-    while va < e {
-        let ws = va & !(size - 1);
-        let we = ws + size;
-        let ve = we.min(e);
-        let raw = match ents {
-            Some(x) => *x.get(fmt.index(va, level)).ok_or(Stop::Corrupt(va))?,
-            None => 0,
-        };
-        match fmt.decode(level, Pte::from_raw(raw)) {
-            Desc::Invalid => {
-                if va == ws && ve == we && fmt.is_leaf_level(level) && cur.fits(size) {
-                    cur.advance(size);
-                } else {
-                    on_table(level + 1, ws)?;
-                    plan_map(fmt, None::<&M>, None, level + 1, va, ve, cur, on_table)?;
-                }
-            }
-            Desc::Table { pa } => plan_map(fmt, mem, Some(pa), level + 1, va, ve, cur, on_table)?,
-            Desc::Leaf { .. } => return Err(Stop::AlreadyMapped(va)),
-            Desc::Reserved => return Err(Stop::Corrupt(va)),
-        }
-        va = ve;
-    }
-    Ok(())
-}
-
-/// Tables needed to split a block at `level` of which `[a, b)` is removed or reprotected (a
-/// strict, non-empty part of the block): one table one level down, plus, recursively, the
-/// splits of the (at most two) partly covered leaves in it.
-pub(crate) fn split_need(
-    fmt: &Format,
-    level: u8,
-    a: u64,
-    b: u64,
-    on_table: &mut impl FnMut(u8, u64),
-) {
-    let sub = level + 1;
-    if sub > 3 {
-        return;
-    }
-    on_table(sub, a & !(fmt.entry_size(level) - 1));
-    if sub < 3 {
-        let sz = fmt.entry_size(sub);
-        let wa = a & !(sz - 1);
-        if a != wa || b < wa + sz {
-            split_need(fmt, sub, a, b.min(wa + sz), on_table);
-        }
-        let wb = (b - 1) & !(sz - 1);
-        if wb != wa && b != wb + sz {
-            split_need(fmt, sub, wb, b, on_table);
-        }
-    }
-}
+use crate::reserve::Reserve;
+use crate::update::UpdateContext;
+use crate::walk::entries;
 
 /// What [`PageTable::translate`] finds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,7 +68,7 @@ pub struct Translation {
     /// The leaf's size (page or block).
     pub size: u64,
     /// The leaf's level.
-    pub level: u8,
+    pub level: Level,
 }
 
 /// One leaf, as yielded by [`PageTable::leaves`].
@@ -264,7 +81,7 @@ pub struct Leaf {
     /// Leaf size.
     pub size: u64,
     /// Level of the leaf.
-    pub level: u8,
+    pub level: Level,
     /// Attributes.
     pub attrs: Attrs,
 }
@@ -272,9 +89,9 @@ pub struct Leaf {
 /// Counts from [`PageTable::audit`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Audit {
-    /// Tables per level (the root included at its level).
+    /// Tables per level number (the root included at its level).
     pub tables: [usize; 4],
-    /// Leaves per level.
+    /// Leaves per level number.
     pub leaves: [u64; 4],
 }
 
@@ -311,14 +128,15 @@ impl core::error::Error for DestroyError {}
 ///
 /// # Invariants
 ///
-/// * every table frame's [`FrameMeta::live`] equals its number of valid entries;
+/// * every table frame's [`FrameMeta::live`](crate::FrameMeta::live) equals its number of valid
+///   entries;
 /// * every non-root table has at least one valid entry (emptied tables are unhooked and retired
 ///   by the operation that empties them);
 /// * the root frame is never retired except by [`PageTable::destroy`].
 #[derive(Debug)]
 pub struct PageTable {
-    fmt: Format,
-    root: PhysAddr,
+    pub(crate) fmt: Format,
+    pub(crate) root: PhysAddr,
 }
 
 impl PageTable {
@@ -326,21 +144,25 @@ impl PageTable {
     ///
     /// # Errors
     ///
-    /// [`NewError::BadRoot`] if `root` is not a frame of `mem` or `mem`'s granule differs from
-    /// the format's.
+    /// [`NewError::BadRoot`] if `root` is not a frame of `mem`, lies at or beyond the format's
+    /// [`Format::oa_limit`], or `mem`'s granule differs from the format's.
     pub fn new<M: TableMemory + ?Sized>(
         fmt: Format,
         mem: &mut M,
         root: PhysAddr,
     ) -> Result<Self, NewError> {
-        if mem.granule() != fmt.granule() {
+        let n = fmt.granule().entries();
+        if mem.granule() != fmt.granule() || root.as_u64() >= fmt.oa_limit() {
             return Err(NewError::BadRoot { pa: root });
         }
-        let (e, m) = resolve_mut(mem, root, fmt.granule().entries())
-            .map_err(|_| NewError::BadRoot { pa: root })?;
-        e.fill(0);
-        m.live = 0;
-        m.next = None;
+        match mem.frame_mut(root) {
+            Some((e, m)) if e.len() == n => {
+                e.fill(Pte::INVALID);
+                m.live = 0;
+                m.next = None;
+            }
+            _ => return Err(NewError::BadRoot { pa: root }),
+        }
         Ok(Self { fmt, root })
     }
 
@@ -348,11 +170,12 @@ impl PageTable {
     ///
     /// # Errors
     ///
-    /// [`NewError::OutOfFrames`] if no frame is available, [`NewError::BadRoot`] if the
-    /// allocator's granule differs from the format's (the frame is given back).
+    /// [`NewError::OutOfFrames`] if no frame is available, [`NewError::BadRoot`] as
+    /// [`PageTable::new`] (the frame is given back).
     pub fn try_new<A: FrameAlloc + ?Sized>(fmt: Format, alloc: &mut A) -> Result<Self, NewError> {
         let root = alloc.alloc_frame().map_err(|_| NewError::OutOfFrames)?;
         Self::new(fmt, alloc, root).inspect_err(|_| {
+            // Just allocated by `alloc`: it takes it back.
             alloc.free_frame(root).ok();
         })
     }
@@ -369,52 +192,65 @@ impl PageTable {
         self.root
     }
 
-    fn entries(&self) -> usize {
-        self.fmt.granule().entries()
+    /// Starts the run stage of a job: an [`UpdateContext`] that applies any number of
+    /// operations from `reserve`, calling `hooks` (by value or as `&mut`), and ends with a
+    /// [`Flush`].
+    ///
+    /// # Examples
+    ///
+    /// One job that maps two buffers and reprotects part of the first, reserving once:
+    ///
+    /// ```
+    /// # #[cfg(feature = "alloc")] fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pagetable::{job_bound_alloc, Attrs, Chunk, Format, JobOp, PageTable, PhysAddr,
+    ///                 RegionLocked, Reserve, VecPool, VirtAddr};
+    ///
+    /// let fmt = Format::panthor(48)?;
+    /// let mut pool = VecPool::new(fmt.granule(), PhysAddr::new(0x1_0000_0000))?;
+    /// let mut pt = PageTable::try_new(fmt, &mut pool)?;
+    /// let (a, b) = ([Chunk::new(PhysAddr::new(0x4000_0000), 0x40_0000)],
+    ///               [Chunk::new(PhysAddr::new(0x5000_0000), 0x3000)]);
+    /// let ro = Attrs { read_only: true, ..Attrs::default() };
+    /// let ops = [JobOp::Map { va: VirtAddr::new(0x20_0000), backing: &a },
+    ///            JobOp::Map { va: VirtAddr::new(0x80_0000), backing: &b },
+    ///            JobOp::Protect { va: VirtAddr::new(0x20_0000), len: 0x1000 }];
+    ///
+    /// // Prepare: reserve for the whole job, from the requests alone.
+    /// let mut reserve = Reserve::new();
+    /// reserve.try_fill(&mut pool, job_bound_alloc(&fmt, &ops)?.total())?;
+    ///
+    /// // Run: no allocation; each op is all or nothing.
+    /// let mut ctx = pt.update(&mut pool, &mut reserve, RegionLocked);
+    /// ctx.map(VirtAddr::new(0x20_0000), &a, Attrs::default())?;
+    /// ctx.map(VirtAddr::new(0x80_0000), &b, Attrs::default())?;
+    /// ctx.protect(VirtAddr::new(0x20_0000), 0x1000, ro)?; // splits the first 2 MiB block
+    /// let flush = ctx.finish();
+    /// assert_eq!(flush.range(), Some(0x20_0000..0x40_0000));
+    /// # struct Tlb;
+    /// # impl pagetable::TlbInvalidate for Tlb {
+    /// #     type Error = core::convert::Infallible;
+    /// #     fn invalidate(&mut self, _: Range<u64>, _: bool) -> Result<(), Self::Error> { Ok(()) }
+    /// # }
+    /// # use core::ops::Range;
+    /// let mut reclaim = flush.invalidate(&mut Tlb)?;
+    ///
+    /// // Cleanup.
+    /// reclaim.release(&mut pool)?;
+    /// reserve.release(&mut pool)?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "alloc"))] fn main() {}
+    /// ```
+    pub fn update<'a, M: TableMemory + ?Sized, H: UpdateHooks>(
+        &'a mut self,
+        mem: &'a mut M,
+        reserve: &'a mut Reserve,
+        hooks: H,
+    ) -> UpdateContext<'a, M, H> {
+        UpdateContext::new(self, mem, reserve, hooks)
     }
 
-    fn read(
-        &self,
-        mem: &(impl TableMemory + ?Sized),
-        table: PhysAddr,
-        idx: usize,
-        va: u64,
-    ) -> Result<u64, Stop> {
-        resolve(mem, table, self.entries())?
-            .get(idx)
-            .copied()
-            .ok_or(Stop::Corrupt(va))
-    }
-
-    fn write(
-        &self,
-        mem: &mut (impl TableMemory + ?Sized),
-        table: PhysAddr,
-        idx: usize,
-        raw: u64,
-        va: u64,
-    ) -> Result<(), Stop> {
-        let (e, m) = resolve_mut(mem, table, self.entries())?;
-        let slot = e.get_mut(idx).ok_or(Stop::Corrupt(va))?;
-        match (*slot & 1 != 0, raw & 1 != 0) {
-            (false, true) => m.live = m.live.saturating_add(1),
-            (true, false) => m.live = m.live.saturating_sub(1),
-            _ => {}
-        }
-        *slot = raw;
-        Ok(())
-    }
-
-    fn live(&self, mem: &(impl TableMemory + ?Sized), table: PhysAddr) -> Result<u32, Stop> {
-        mem.frame(table)
-            .map(|(_, m)| m.live)
-            .ok_or(Stop::BadTable(table))
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // map
-
-    /// Maps `[va, va + len)` to `backing` (`len` is the backing's total length) with `attrs`.
+    /// Maps `[va, va + len)` to `backing` (`len` is the backing's total length) with `attrs`,
+    /// as a job of one operation.
     ///
     /// Run stage: allocates nothing, frees nothing; new tables are popped from `reserve`. The
     /// largest leaf is used wherever the VA window is inside the range and the backing's PA is
@@ -422,482 +258,177 @@ impl PageTable {
     /// the [`Format`] allows). New subtrees are filled before they are hooked in.
     ///
     /// The whole range must be unmapped. Maps need no TLB invalidation (invalid entries are not
-    /// cached), so `gather` only records the range as touched.
+    /// cached): the returned [`Flush`] has no range, but must still be consumed.
     ///
     /// # Errors
     ///
-    /// See [`MapError`]. Every error is found by the plan pass, before anything is written; the
-    /// tables, the reserve and the gather are then unchanged.
-    pub fn map<M: TableMemory + ?Sized>(
+    /// See [`MapError`]. Every error is found before anything is written; the tables and the
+    /// reserve are then unchanged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pagetable::{map_bound, Attrs, Chunk, Format, MapError, PageTable, PhysAddr,
+    ///                 RegionLocked, Reserve, SlicePool, FrameMeta, Granule, Pte, VirtAddr};
+    ///
+    /// // Core only: the frames live in caller storage.
+    /// let fmt = Format::panthor(48)?;
+    /// let mut entries = [Pte::INVALID; 8 * 512];
+    /// let mut metas = [FrameMeta::default(); 8];
+    /// let mut pool = SlicePool::new(Granule::K4, PhysAddr::new(0x1000_0000), &mut entries, &mut metas)?;
+    /// let mut pt = PageTable::try_new(fmt, &mut pool)?;
+    ///
+    /// // Prepare: reserve from the request alone.
+    /// let va = VirtAddr::new(0x20_0000);
+    /// let backing = [Chunk::new(PhysAddr::new(0x4000_0000), 0x20_0000)];
+    /// let mut reserve = Reserve::new();
+    /// reserve.try_fill(&mut pool, map_bound(&fmt, va, &backing)?.total())?;
+    /// assert_eq!(reserve.len(), 2); // L1 + L2; the 2 MiB block needs no L3 table.
+    ///
+    /// // Run.
+    /// let flush = pt.map(&mut pool, &mut reserve, &mut RegionLocked, va, &backing, Attrs::default())?;
+    /// let t = pt.translate(&pool, VirtAddr::new(0x20_1234))?.ok_or("unmapped")?;
+    /// assert_eq!((t.pa.as_u64(), t.size), (0x4000_1234, 0x20_0000));
+    ///
+    /// // Mapping over it again is refused, and changes nothing.
+    /// let again = pt.map(&mut pool, &mut reserve, &mut RegionLocked, va, &backing, Attrs::default());
+    /// assert_eq!(again.err(), Some(MapError::AlreadyMapped { va }));
+    /// assert_eq!(flush.forget(), 0); // a map retires nothing and needs no invalidation
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map<M: TableMemory + ?Sized, H: UpdateHooks>(
         &mut self,
         mem: &mut M,
         reserve: &mut Reserve,
-        gather: &mut Gather,
+        hooks: H,
         va: VirtAddr,
         backing: &[Chunk],
         attrs: Attrs,
-    ) -> Result<(), MapError> {
-        let len = validate_map(&self.fmt, va, backing)?;
-        let (s, e) = (va.as_u64(), va.as_u64() + len);
-        let mut need = 0u64;
-        plan_map(
-            &self.fmt,
-            Some(&*mem),
-            Some(self.root),
-            self.fmt.start_level(),
-            s,
-            e,
-            &mut Cursor::new(backing),
-            &mut |_, _| {
-                need += 1;
-                Ok(())
-            },
-        )?;
-        reserve.ensure(mem, need).map_err(|f| match f {
-            Shortfall::Short { needed, available } => {
-                MapError::ReservationExhausted { needed, available }
-            }
-            Shortfall::BadTable(pa) => MapError::BadTable { pa },
-        })?;
-
-        let mut cur = Cursor::new(backing);
-        let res = self.map_exec(
-            mem,
-            reserve,
-            self.root,
-            self.fmt.start_level(),
-            s,
-            e,
-            &mut cur,
-            attrs,
-        );
-        debug_assert!(res.is_ok(), "map exec failed after a clean plan: {res:?}");
-        res?;
-        gather.touch(s, e);
-        Ok(())
+    ) -> Result<Flush, MapError> {
+        let mut ctx = self.update(mem, reserve, hooks);
+        ctx.map(va, backing, attrs)?;
+        Ok(ctx.finish())
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one recursion carries the whole walk state"
-    )]
-    fn map_exec<M: TableMemory + ?Sized>(
-        &self,
-        mem: &mut M,
-        reserve: &mut Reserve,
-        table: PhysAddr,
-        level: u8,
-        s: u64,
-        e: u64,
-        cur: &mut Cursor<'_>,
-        attrs: Attrs,
-    ) -> Result<(), Stop> {
-        let fmt = &self.fmt;
-        let n = self.entries();
-        if level >= 3 {
-            let g = fmt.granule().shift();
-            let step = fmt.page_size();
-            let bits = fmt.leaf_bits(3, attrs);
-            let (ents, meta) = resolve_mut(mem, table, n)?;
-            let i0 = fmt.index(s, 3);
-            let cnt = usize_from((e - s) >> g);
-            let mut slots = ents.get_mut(i0..i0 + cnt).ok_or(Stop::Corrupt(s))?;
-            while !slots.is_empty() {
-                let run = usize_from(cur.remaining() >> g).min(slots.len());
-                if run == 0 {
-                    return Err(Stop::Corrupt(s));
-                }
-                let (now, rest) = slots.split_at_mut(run);
-                let mut d = bits | cur.pa();
-                for slot in now {
-                    *slot = d;
-                    d += step;
-                }
-                cur.advance(u64_from(run) << g);
-                slots = rest;
-            }
-            meta.live = meta.live.saturating_add(u32_from(cnt));
-            return Ok(());
-        }
-        let size = fmt.entry_size(level);
-        let mut va = s;
-        while va < e {
-            let ws = va & !(size - 1);
-            let we = ws + size;
-            let ve = we.min(e);
-            let idx = fmt.index(va, level);
-            let raw = self.read(mem, table, idx, va)?;
-            match fmt.decode(level, Pte::from_raw(raw)) {
-                Desc::Invalid
-                    if va == ws && ve == we && fmt.is_leaf_level(level) && cur.fits(size) =>
-                {
-                    self.write(mem, table, idx, fmt.leaf_bits(level, attrs) | cur.pa(), va)?;
-                    cur.advance(size);
-                }
-                Desc::Invalid => {
-                    let child = reserve.pop(mem).ok_or(Stop::Exhausted)?;
-                    // Build the subtree while it is unreachable, then publish it with one write.
-                    resolve_mut(mem, child, n)?.1.live = 0;
-                    self.map_exec(mem, reserve, child, level + 1, va, ve, cur, attrs)?;
-                    self.write(mem, table, idx, fmt.table_raw(child.as_u64()), va)?;
-                }
-                Desc::Table { pa } => {
-                    self.map_exec(mem, reserve, pa, level + 1, va, ve, cur, attrs)?
-                }
-                Desc::Leaf { .. } => return Err(Stop::AlreadyMapped(va)),
-                Desc::Reserved => return Err(Stop::Corrupt(va)),
-            }
-            va = ve;
-        }
-        Ok(())
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // unmap and protect: one recursion, `prot: None` unmaps
-
-    /// Plan pass for unmap (`prot == false`) and protect: validates and counts split tables.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one recursion carries the whole walk state"
-    )]
-    fn plan_range<M: TableMemory + ?Sized>(
-        &self,
-        mem: &M,
-        table: PhysAddr,
-        level: u8,
-        s: u64,
-        e: u64,
-        prot: bool,
-        need: &mut u64,
-    ) -> Result<(), Stop> {
-        let fmt = &self.fmt;
-        let ents = resolve(mem, table, self.entries())?;
-        if level >= 3 {
-            if prot {
-                let i0 = fmt.index(s, 3);
-                let cnt = usize_from((e - s) >> fmt.granule().shift());
-                let slots = ents.get(i0..i0 + cnt).ok_or(Stop::Corrupt(s))?;
-                if let Some(p) = slots
-                    .iter()
-                    .position(|x| matches!(fmt.decode(3, Pte::from_raw(*x)), Desc::Reserved))
-                {
-                    return Err(Stop::Corrupt(s + (u64_from(p) << fmt.granule().shift())));
-                }
-            }
-            return Ok(());
-        }
-        let size = fmt.entry_size(level);
-        let mut va = s;
-        while va < e {
-            let ws = va & !(size - 1);
-            let we = ws + size;
-            let ve = we.min(e);
-            let full = va == ws && ve == we;
-            let raw = *ents.get(fmt.index(va, level)).ok_or(Stop::Corrupt(va))?;
-            match fmt.decode(level, Pte::from_raw(raw)) {
-                Desc::Invalid => {}
-                Desc::Leaf { .. } if full => {}
-                Desc::Leaf { .. } => split_need(fmt, level, va, ve, &mut |_, _| *need += 1),
-                Desc::Table { pa } if full && !prot => self.check_subtree(mem, pa, level + 1)?,
-                Desc::Table { pa } => self.plan_range(mem, pa, level + 1, va, ve, prot, need)?,
-                Desc::Reserved if full && !prot => {}
-                Desc::Reserved => return Err(Stop::Corrupt(va)),
-            }
-            va = ve;
-        }
-        Ok(())
-    }
-
-    /// Checks that every table below `table` resolves (before retiring the subtree wholesale).
-    fn check_subtree<M: TableMemory + ?Sized>(
-        &self,
-        mem: &M,
-        table: PhysAddr,
-        level: u8,
-    ) -> Result<(), Stop> {
-        let ents = resolve(mem, table, self.entries())?;
-        if level >= 3 {
-            return Ok(());
-        }
-        for raw in ents {
-            if let Desc::Table { pa } = self.fmt.decode(level, Pte::from_raw(*raw)) {
-                self.check_subtree(mem, pa, level + 1)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Retires `table` (at `level`, first VA `ws`) and every table below it. Entries are left
-    /// as they are: the frames are unreachable, and allocators zero frames when handing them out.
-    fn retire_subtree<M: TableMemory + ?Sized>(
-        &self,
-        mem: &mut M,
-        gather: &mut Gather,
-        table: PhysAddr,
-        level: u8,
-        ws: u64,
-    ) -> Result<(), Stop> {
-        if level < 3 {
-            let size = self.fmt.entry_size(level);
-            for i in 0..self.entries() {
-                let raw = self.read(mem, table, i, ws)?;
-                if let Desc::Table { pa } = self.fmt.decode(level, Pte::from_raw(raw)) {
-                    self.retire_subtree(mem, gather, pa, level + 1, ws + u64_from(i) * size)?;
-                }
-            }
-        }
-        gather.retire(mem, table, (ws, ws + self.fmt.table_span(level)));
-        Ok(())
-    }
-
-    /// Replaces the block at `parent[idx]` (level `level`, first VA `ws`) with a table of
-    /// next-level leaves mapping the same memory with the same attributes, break-before-make:
-    /// fill the new table (unreachable), clear the block, let `tlb` invalidate it, install the
-    /// table.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one recursion carries the whole walk state"
-    )]
-    fn split<M: TableMemory + ?Sized, T: BreakBeforeMake + ?Sized>(
-        &self,
-        mem: &mut M,
-        reserve: &mut Reserve,
-        gather: &mut Gather,
-        tlb: &mut T,
-        parent: PhysAddr,
-        idx: usize,
-        level: u8,
-        pa: PhysAddr,
-        attrs: Attrs,
-        ws: u64,
-    ) -> Result<PhysAddr, Stop> {
-        let fmt = &self.fmt;
-        let child = reserve.pop(mem).ok_or(Stop::Exhausted)?;
-        let sub = level + 1;
-        let step = fmt.entry_size(sub);
-        let n = self.entries();
-        {
-            let (ents, meta) = resolve_mut(mem, child, n)?;
-            let mut d = fmt.leaf_bits(sub, attrs) | pa.as_u64();
-            for slot in ents.iter_mut() {
-                *slot = d;
-                d += step;
-            }
-            meta.live = u32_from(n);
-        }
-        let we = ws + fmt.entry_size(level);
-        // Break.
-        self.write(mem, parent, idx, 0, ws)?;
-        tlb.invalidate_block(ws..we);
-        // Make.
-        self.write(mem, parent, idx, fmt.table_raw(child.as_u64()), ws)?;
-        gather.flush(ws, we);
-        Ok(child)
-    }
-
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one recursion carries the whole walk state"
-    )]
-    fn range_exec<M: TableMemory + ?Sized, T: BreakBeforeMake + ?Sized>(
-        &self,
-        mem: &mut M,
-        reserve: &mut Reserve,
-        gather: &mut Gather,
-        tlb: &mut T,
-        table: PhysAddr,
-        level: u8,
-        s: u64,
-        e: u64,
-        prot: Option<Attrs>,
-    ) -> Result<(), Stop> {
-        let fmt = &self.fmt;
-        if level >= 3 {
-            let (ents, meta) = resolve_mut(mem, table, self.entries())?;
-            let i0 = fmt.index(s, 3);
-            let cnt = usize_from((e - s) >> fmt.granule().shift());
-            let slots = ents.get_mut(i0..i0 + cnt).ok_or(Stop::Corrupt(s))?;
-            let mut hit = 0u32;
-            match prot {
-                None => {
-                    for slot in slots {
-                        if *slot & 1 != 0 {
-                            *slot = 0;
-                            hit += 1;
-                        }
-                    }
-                    meta.live = meta.live.saturating_sub(hit);
-                }
-                Some(a) => {
-                    let bits = fmt.leaf_bits(3, a);
-                    let oa = fmt.oa_mask();
-                    for slot in slots {
-                        if *slot & 1 != 0 {
-                            *slot = (*slot & oa) | bits;
-                            hit += 1;
-                        }
-                    }
-                }
-            }
-            if hit > 0 {
-                gather.flush(s, e);
-            }
-            return Ok(());
-        }
-        let size = fmt.entry_size(level);
-        let mut va = s;
-        while va < e {
-            let ws = va & !(size - 1);
-            let we = ws + size;
-            let ve = we.min(e);
-            let full = va == ws && ve == we;
-            let idx = fmt.index(va, level);
-            let raw = self.read(mem, table, idx, va)?;
-            match (fmt.decode(level, Pte::from_raw(raw)), prot) {
-                (Desc::Invalid, _) => {}
-                (Desc::Leaf { pa, .. }, Some(a)) if full => {
-                    self.write(mem, table, idx, fmt.leaf_bits(level, a) | pa.as_u64(), va)?;
-                    gather.flush(ws, we);
-                }
-                (Desc::Leaf { .. } | Desc::Reserved, None) if full => {
-                    self.write(mem, table, idx, 0, va)?;
-                    gather.flush(ws, we);
-                }
-                (Desc::Leaf { pa, attrs, .. }, _) => {
-                    let child =
-                        self.split(mem, reserve, gather, tlb, table, idx, level, pa, attrs, ws)?;
-                    self.range_exec(mem, reserve, gather, tlb, child, level + 1, va, ve, prot)?;
-                }
-                (Desc::Table { pa }, None) if full => {
-                    self.write(mem, table, idx, 0, va)?;
-                    self.retire_subtree(mem, gather, pa, level + 1, ws)?;
-                }
-                (Desc::Table { pa }, _) => {
-                    self.range_exec(mem, reserve, gather, tlb, pa, level + 1, va, ve, prot)?;
-                    if prot.is_none() && self.live(mem, pa)? == 0 {
-                        self.write(mem, table, idx, 0, va)?;
-                        gather.retire(mem, pa, (ws, we));
-                    }
-                }
-                (Desc::Reserved, _) => return Err(Stop::Corrupt(va)),
-            }
-            va = ve;
-        }
-        Ok(())
-    }
-
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one recursion carries the whole walk state"
-    )]
-    fn range_op<M: TableMemory + ?Sized, T: BreakBeforeMake + ?Sized>(
-        &mut self,
-        mem: &mut M,
-        reserve: &mut Reserve,
-        gather: &mut Gather,
-        tlb: &mut T,
-        va: VirtAddr,
-        len: u64,
-        prot: Option<Attrs>,
-    ) -> Result<(), RangeFail> {
-        validate_range(&self.fmt, va, len).map_err(RangeFail::Req)?;
-        let (s, e) = (va.as_u64(), va.as_u64() + len);
-        let mut need = 0u64;
-        self.plan_range(
-            mem,
-            self.root,
-            self.fmt.start_level(),
-            s,
-            e,
-            prot.is_some(),
-            &mut need,
-        )
-        .map_err(RangeFail::Stop)?;
-        reserve.ensure(mem, need).map_err(|f| match f {
-            Shortfall::Short { needed, available } => RangeFail::Short { needed, available },
-            Shortfall::BadTable(pa) => RangeFail::Stop(Stop::BadTable(pa)),
-        })?;
-
-        let res = self.range_exec(
-            mem,
-            reserve,
-            gather,
-            tlb,
-            self.root,
-            self.fmt.start_level(),
-            s,
-            e,
-            prot,
-        );
-        debug_assert!(res.is_ok(), "range exec failed after a clean plan: {res:?}");
-        res.map_err(RangeFail::Stop)
-    }
-
-    /// Unmaps `[va, va + len)`; holes in the range are fine.
+    /// Unmaps `[va, va + len)`, as a job of one operation; holes in the range are fine.
     ///
     /// Run stage: allocates and frees nothing. A block straddling either end is split
-    /// break-before-make (see [`BreakBeforeMake`]) into a table popped from `reserve`; the
-    /// surviving part keeps its PA and attributes. Tables emptied by the unmap, and whole
-    /// subtrees inside the range, are unhooked and retired to `gather`, whose flush range grows
-    /// to cover every cleared leaf and every retired table's span.
+    /// break-before-make (see the [module docs](crate::table) and
+    /// [`UpdateHooks::break_before_make`]) into a table popped from `reserve`; the surviving part
+    /// keeps its PA and attributes. Tables emptied by the unmap, and whole subtrees inside the
+    /// range, are unhooked and retired to the returned [`Flush`], whose range covers every
+    /// cleared leaf and every retired table's span.
     ///
     /// # Errors
     ///
-    /// See [`UnmapError`]; all are found before anything is written.
-    pub fn unmap<M: TableMemory + ?Sized, T: BreakBeforeMake + ?Sized>(
+    /// See [`RangeError`]; all are found before anything is written.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "alloc")] fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pagetable::{map_bound, unmap_bound, Attrs, Chunk, Format, PageTable, PhysAddr,
+    ///                 RegionLocked, Reserve, VecPool, VirtAddr};
+    ///
+    /// let fmt = Format::panthor(48)?;
+    /// let mut pool = VecPool::new(fmt.granule(), PhysAddr::new(0x1_0000_0000))?;
+    /// let mut pt = PageTable::try_new(fmt, &mut pool)?;
+    /// let (va, backing) = (VirtAddr::new(0x20_0000), [Chunk::new(PhysAddr::new(0x4000_0000), 0x20_0000)]);
+    /// let mut reserve = Reserve::new();
+    /// reserve.try_fill(&mut pool, map_bound(&fmt, va, &backing)?.total())?;
+    /// let _ = pt.map(&mut pool, &mut reserve, &mut RegionLocked, va, &backing, Attrs::default())?.forget();
+    ///
+    /// // Unmapping one page of the 2 MiB block splits it into 511 pages plus the hole.
+    /// let hole = VirtAddr::new(0x20_1000);
+    /// reserve.try_fill(&mut pool, unmap_bound(&fmt, hole, 0x1000)?.total())?;
+    /// let flush = pt.unmap(&mut pool, &mut reserve, &mut RegionLocked, hole, 0x1000)?;
+    /// assert!(pt.translate(&pool, hole)?.is_none());
+    /// assert_eq!(pt.translate(&pool, VirtAddr::new(0x20_2000))?.map(|t| t.pa.as_u64()), Some(0x4000_2000));
+    /// // The whole block's translation changed: invalidate all of it.
+    /// assert_eq!(flush.range(), Some(0x20_0000..0x40_0000));
+    /// # let _ = flush.forget();
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "alloc"))] fn main() {}
+    /// ```
+    pub fn unmap<M: TableMemory + ?Sized, H: UpdateHooks>(
         &mut self,
         mem: &mut M,
         reserve: &mut Reserve,
-        gather: &mut Gather,
-        tlb: &mut T,
+        hooks: H,
         va: VirtAddr,
         len: u64,
-    ) -> Result<(), UnmapError> {
-        self.range_op(mem, reserve, gather, tlb, va, len, None)
-            .map_err(|f| match f {
-                RangeFail::Req(r) => r.into(),
-                RangeFail::Stop(s) => s.into(),
-                RangeFail::Short { needed, available } => {
-                    UnmapError::ReservationExhausted { needed, available }
-                }
-            })
+    ) -> Result<Flush, RangeError> {
+        let mut ctx = self.update(mem, reserve, hooks);
+        ctx.unmap(va, len)?;
+        Ok(ctx.finish())
     }
 
-    /// Replaces the attributes of every leaf in `[va, va + len)` with `attrs`; holes are
-    /// skipped. Blocks straddling an end are split first, as in [`PageTable::unmap`].
+    /// Replaces the attributes of every leaf in `[va, va + len)` with `attrs`, as a job of one
+    /// operation; holes are skipped. Blocks straddling an end are split first, as in
+    /// [`PageTable::unmap`].
     ///
     /// Attributes are rewritten in place; a change of memory type or shareability on live memory
     /// should run under a lock region.
     ///
     /// # Errors
     ///
-    /// See [`ProtectError`]; all are found before anything is written.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the run-stage context is explicit by design"
-    )]
-    pub fn protect<M: TableMemory + ?Sized, T: BreakBeforeMake + ?Sized>(
+    /// See [`RangeError`]; all are found before anything is written.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "alloc")] fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use pagetable::{map_bound, unmap_bound, Attrs, Chunk, Format, PageTable, PhysAddr,
+    ///                 RegionLocked, Reserve, VecPool, VirtAddr};
+    ///
+    /// let fmt = Format::panthor(48)?;
+    /// let mut pool = VecPool::new(fmt.granule(), PhysAddr::new(0x1_0000_0000))?;
+    /// let mut pt = PageTable::try_new(fmt, &mut pool)?;
+    /// let (va, backing) = (VirtAddr::new(0x1000), [Chunk::new(PhysAddr::new(0x9000_0000), 0x4000)]);
+    /// let mut reserve = Reserve::new();
+    /// reserve.try_fill(&mut pool, map_bound(&fmt, va, &backing)?.total())?;
+    /// let _ = pt.map(&mut pool, &mut reserve, &mut RegionLocked, va, &backing, Attrs::default())?.forget();
+    ///
+    /// let ro = Attrs { read_only: true, no_exec: true, ..Attrs::default() };
+    /// reserve.try_fill(&mut pool, unmap_bound(&fmt, VirtAddr::new(0x2000), 0x2000)?.total())?;
+    /// let flush = pt.protect(&mut pool, &mut reserve, &mut RegionLocked, VirtAddr::new(0x2000), 0x2000, ro)?;
+    /// assert_eq!(flush.range(), Some(0x2000..0x4000));
+    /// assert_eq!(pt.translate(&pool, VirtAddr::new(0x3000))?.map(|t| t.attrs), Some(ro));
+    /// assert_eq!(pt.translate(&pool, VirtAddr::new(0x1000))?.map(|t| t.attrs), Some(Attrs::default()));
+    /// # let _ = flush.forget();
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "alloc"))] fn main() {}
+    /// ```
+    pub fn protect<M: TableMemory + ?Sized, H: UpdateHooks>(
         &mut self,
         mem: &mut M,
         reserve: &mut Reserve,
-        gather: &mut Gather,
-        tlb: &mut T,
+        hooks: H,
         va: VirtAddr,
         len: u64,
         attrs: Attrs,
-    ) -> Result<(), ProtectError> {
-        self.range_op(mem, reserve, gather, tlb, va, len, Some(attrs))
-            .map_err(|f| match f {
-                RangeFail::Req(r) => r.into(),
-                RangeFail::Stop(s) => s.into(),
-                RangeFail::Short { needed, available } => {
-                    ProtectError::ReservationExhausted { needed, available }
-                }
-            })
+    ) -> Result<Flush, RangeError> {
+        let mut ctx = self.update(mem, reserve, hooks);
+        ctx.protect(va, len, attrs)?;
+        Ok(ctx.finish())
     }
 
     // ---------------------------------------------------------------------------------------
     // queries
+
+    fn read<M: TableMemory + ?Sized, E: WalkError>(
+        &self,
+        mem: &M,
+        table: PhysAddr,
+        idx: usize,
+        va: u64,
+    ) -> Result<Pte, E> {
+        entries(mem, &self.fmt, table)
+            .ok_or(E::bad_table(table))?
+            .get(idx)
+            .copied()
+            .ok_or(E::corrupt(va))
+    }
 
     /// Walks to the leaf or hole at `va`: `Ok(Ok(t))` for a leaf, `Ok(Err(end))` for a hole
     /// ending at `end`.
@@ -905,19 +436,19 @@ impl PageTable {
         &self,
         mem: &M,
         va: u64,
-    ) -> Result<Result<(Translation, u64), u64>, Stop> {
+    ) -> Result<Result<(Translation, u64), u64>, TranslateError> {
         let fmt = &self.fmt;
         let mut table = self.root;
         let mut level = fmt.start_level();
         loop {
-            let raw = self.read(mem, table, fmt.index(va, level), va)?;
+            let pte = self.read(mem, table, fmt.index(va, level), va)?;
             let size = fmt.entry_size(level);
             let ws = va & !(size - 1);
-            match fmt.decode(level, Pte::from_raw(raw)) {
+            match fmt.decode(level, pte) {
                 Desc::Invalid => return Ok(Err(ws + size)),
-                Desc::Table { pa } if level < 3 => {
+                Desc::Table { pa } if !level.is_last() => {
                     table = pa;
-                    level += 1;
+                    level = level.child();
                 }
                 Desc::Leaf { pa, attrs, size } => {
                     let t = Translation {
@@ -928,7 +459,7 @@ impl PageTable {
                     };
                     return Ok(Ok((t, ws)));
                 }
-                Desc::Table { .. } | Desc::Reserved => return Err(Stop::Corrupt(va)),
+                Desc::Table { .. } | Desc::Reserved => return Err(TranslateError::corrupt(va)),
             }
         }
     }
@@ -982,49 +513,43 @@ impl PageTable {
         &self,
         mem: &M,
         table: PhysAddr,
-        level: u8,
+        level: Level,
         ws: u64,
         a: &mut Audit,
     ) -> Result<(), AuditError> {
         let fmt = &self.fmt;
-        let (ents, meta) = match mem.frame(table) {
-            Some((e, m)) if e.len() == self.entries() => (e, m),
-            _ => return Err(AuditError::BadTable { pa: table }),
-        };
-        if let Some(t) = a.tables.get_mut(usize::from(level)) {
+        let ents = entries(mem, fmt, table).ok_or(AuditError::BadTable { pa: table })?;
+        let recorded = mem.frame(table).map_or(0, |(_, m)| m.live);
+        if let Some(t) = a.tables.get_mut(level.index()) {
             *t += 1;
         }
         let size = fmt.entry_size(level);
         let mut live = 0u32;
-        for (i, raw) in ents.iter().enumerate() {
+        for (i, pte) in ents.iter().enumerate() {
             let va = ws + u64_from(i) * size;
-            if raw & 1 != 0 {
+            if pte.is_valid() {
                 live += 1;
+                if i >= fmt.table_entries(level) {
+                    return Err(AuditError::corrupt(va));
+                }
             }
-            if i >= fmt.table_entries(level) && raw & 1 != 0 {
-                return Err(AuditError::Corrupt {
-                    va: VirtAddr::new(va),
-                });
-            }
-            match fmt.decode(level, Pte::from_raw(*raw)) {
+            match fmt.decode(level, *pte) {
                 Desc::Invalid => {}
-                Desc::Table { pa } if level < 3 => self.audit_table(mem, pa, level + 1, va, a)?,
+                Desc::Table { pa } if !level.is_last() => {
+                    self.audit_table(mem, pa, level.child(), va, a)?;
+                }
                 Desc::Leaf { .. } => {
-                    if let Some(l) = a.leaves.get_mut(usize::from(level)) {
+                    if let Some(l) = a.leaves.get_mut(level.index()) {
                         *l += 1;
                     }
                 }
-                Desc::Table { .. } | Desc::Reserved => {
-                    return Err(AuditError::Corrupt {
-                        va: VirtAddr::new(va),
-                    })
-                }
+                Desc::Table { .. } | Desc::Reserved => return Err(AuditError::corrupt(va)),
             }
         }
-        if live != meta.live {
+        if live != recorded {
             return Err(AuditError::LiveMismatch {
                 pa: table,
-                recorded: meta.live,
+                recorded,
                 actual: live,
             });
         }
@@ -1034,41 +559,74 @@ impl PageTable {
         Ok(())
     }
 
-    /// Tears the table down: every table, the root included, is retired to `gather` (whose
-    /// flush range becomes the whole VA space, walk cache included).
+    /// Tears the table down: every table, the root included, is retired to the returned
+    /// [`Flush`] (whose range is the whole VA space, walk cache included).
     ///
     /// # Errors
     ///
     /// [`DestroyError`] (holding the untouched page table) if a table does not resolve.
-    pub fn destroy<M: TableMemory + ?Sized>(
-        self,
-        mem: &mut M,
-        gather: &mut Gather,
-    ) -> Result<(), DestroyError> {
-        let level = self.fmt.start_level();
-        if let Err(s) = self.check_subtree(mem, self.root, level) {
-            let pa = match s {
-                Stop::BadTable(pa) => pa,
-                _ => self.root,
-            };
+    pub fn destroy<M: TableMemory + ?Sized>(self, mem: &mut M) -> Result<Flush, DestroyError> {
+        let mut tables = 0usize;
+        if let Err(pa) = self.check_subtree(mem, self.root, self.fmt.start_level(), &mut tables) {
             return Err(DestroyError { table: self, pa });
         }
-        match self.retire_subtree(mem, gather, self.root, level, 0) {
-            Ok(()) => Ok(()),
-            Err(_) => Err(DestroyError {
-                pa: self.root,
-                table: self,
-            }),
+        let mut gather = Gather::new();
+        match self.retire_all(mem, &mut gather, self.root, self.fmt.start_level(), 0) {
+            Ok(()) => Ok(Flush::new(gather)),
+            Err(pa) => {
+                // Every frame resolved a moment ago; a TableMemory that changes its mind breaks
+                // its contract. Keep what was retired (never reused) and report the frame.
+                debug_assert!(false, "table memory changed during destroy");
+                let _ = Flush::new(gather).forget();
+                Err(DestroyError { table: self, pa })
+            }
         }
     }
-}
 
-/// Private failure of a range operation, converted to the public enum by the caller.
-#[derive(Debug)]
-enum RangeFail {
-    Req(Req),
-    Stop(Stop),
-    Short { needed: u64, available: u64 },
+    /// Every table below `table` resolves; counts them. `Err` names the first that does not.
+    fn check_subtree<M: TableMemory + ?Sized>(
+        &self,
+        mem: &M,
+        table: PhysAddr,
+        level: Level,
+        n: &mut usize,
+    ) -> Result<(), PhysAddr> {
+        let ents = entries(mem, &self.fmt, table).ok_or(table)?;
+        *n += 1;
+        if !level.is_last() {
+            for pte in ents {
+                if let Desc::Table { pa } = self.fmt.decode(level, *pte) {
+                    self.check_subtree(mem, pa, level.child(), n)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn retire_all<M: TableMemory + ?Sized>(
+        &self,
+        mem: &mut M,
+        gather: &mut Gather,
+        table: PhysAddr,
+        level: Level,
+        ws: u64,
+    ) -> Result<(), PhysAddr> {
+        if !level.is_last() {
+            let size = self.fmt.entry_size(level);
+            for i in 0..self.fmt.granule().entries() {
+                let pte = self
+                    .read::<M, TranslateError>(mem, table, i, ws)
+                    .map_err(|_| table)?;
+                if let Desc::Table { pa } = self.fmt.decode(level, pte) {
+                    self.retire_all(mem, gather, pa, level.child(), ws + u64_from(i) * size)?;
+                }
+            }
+        }
+        let span = self.fmt.table_span(level);
+        gather
+            .retire(mem, table, (ws, ws + span))
+            .map_err(|_| table)
+    }
 }
 
 /// Iterator over the leaves in a range; see [`PageTable::leaves`].
@@ -1103,9 +661,9 @@ impl<M: TableMemory + ?Sized> Iterator for Leaves<'_, M> {
                         attrs: t.attrs,
                     }));
                 }
-                Err(s) => {
+                Err(e) => {
                     self.done = true;
-                    return Some(Err(s.into()));
+                    return Some(Err(e));
                 }
             }
         }

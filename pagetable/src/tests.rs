@@ -1,5 +1,5 @@
-//! Unit tests: geometry, descriptors, the worked examples of `pagetables-and-vmbind.md` 2.3,
-//! splits, reclamation, lock regions and rejected requests.
+//! Unit tests: geometry, descriptors, panthor's worked examples (4 KiB granule, 48-bit VA),
+//! splits, reclamation, lock regions, foreign releases and rejected requests.
 #![allow(
     clippy::disallowed_methods,
     clippy::disallowed_macros,
@@ -16,6 +16,11 @@ const SZ_4K: u64 = 0x1000;
 const SZ_2M: u64 = 0x20_0000;
 const SZ_1G: u64 = 0x4000_0000;
 
+/// Level `n` (test shorthand).
+fn l(n: u8) -> Level {
+    Level::new(n).unwrap()
+}
+
 fn va(x: u64) -> VirtAddr {
     VirtAddr::new(x)
 }
@@ -24,31 +29,56 @@ fn chunk(pa: u64, len: u64) -> Chunk {
     Chunk::new(PhysAddr::new(pa), len)
 }
 
-/// Records every break-before-make call.
+/// Records every break-before-make call, and every written entry range.
 #[derive(Default, Debug)]
-struct Bbm(Vec<core::ops::Range<u64>>);
+struct Bbm(
+    Vec<core::ops::Range<u64>>,
+    Vec<(PhysAddr, core::ops::Range<usize>)>,
+);
 
-impl BreakBeforeMake for Bbm {
-    fn invalidate_block(&mut self, block: core::ops::Range<u64>) {
+impl UpdateHooks for Bbm {
+    fn break_before_make(&mut self, block: core::ops::Range<u64>) {
         self.0.push(block);
+    }
+
+    fn written(&mut self, frame: PhysAddr, entries: core::ops::Range<usize>) {
+        self.1.push((frame, entries));
+    }
+}
+
+/// A TLB that completes at once and records its calls.
+#[derive(Default, Debug)]
+struct Tlb(Vec<(core::ops::Range<u64>, bool)>);
+
+impl TlbInvalidate for Tlb {
+    type Error = core::convert::Infallible;
+    fn invalidate(&mut self, r: core::ops::Range<u64>, walk: bool) -> Result<(), Self::Error> {
+        self.0.push((r, walk));
+        Ok(())
     }
 }
 
 struct Env {
     pool: VecPool,
     pt: PageTable,
-    gather: Gather,
+    /// The pending flush of everything done since the last `flush()`.
+    gather: Flush,
 }
 
 impl Env {
     fn new(fmt: Format) -> Self {
-        let mut pool = VecPool::new(fmt.granule(), PhysAddr::new(0x8000_0000_0000)).unwrap();
+        // Below every PA width a test uses (the narrowest is 44 bits).
+        let mut pool = VecPool::new(fmt.granule(), PhysAddr::new(0x800_0000_0000)).unwrap();
         let pt = PageTable::try_new(fmt, &mut pool).unwrap();
         Self {
             pool,
             pt,
-            gather: Gather::new(),
+            gather: Flush::default(),
         }
+    }
+
+    fn absorb(&mut self, f: Flush) {
+        self.gather.merge(&mut self.pool, f).unwrap();
     }
 
     /// Maps with exactly the bound reserved; returns (bound, used).
@@ -59,31 +89,32 @@ impl Env {
         let res = self.pt.map(
             &mut self.pool,
             &mut r,
-            &mut self.gather,
+            &mut RegionLocked,
             va(at),
             backing,
             attrs,
         );
         let left = r.len() as u64;
         r.release(&mut self.pool).unwrap();
-        res.map(|()| (bound, bound - left))
+        res.map(|f| {
+            self.absorb(f);
+            (bound, bound - left)
+        })
     }
 
     fn unmap(&mut self, at: u64, len: u64) -> Result<(u64, u64), UnmapError> {
         let bound = unmap_bound(self.pt.format(), va(at), len).map_or(0, |b| b.total());
         let mut r = Reserve::new();
         r.try_fill(&mut self.pool, bound).unwrap();
-        let res = self.pt.unmap(
-            &mut self.pool,
-            &mut r,
-            &mut self.gather,
-            &mut RegionLocked,
-            va(at),
-            len,
-        );
+        let res = self
+            .pt
+            .unmap(&mut self.pool, &mut r, &mut RegionLocked, va(at), len);
         let left = r.len() as u64;
         r.release(&mut self.pool).unwrap();
-        res.map(|()| (bound, bound - left))
+        res.map(|f| {
+            self.absorb(f);
+            (bound, bound - left)
+        })
     }
 
     fn tr(&self, at: u64) -> Option<(u64, u64)> {
@@ -95,7 +126,10 @@ impl Env {
 
     fn flush(&mut self) {
         let g = core::mem::take(&mut self.gather);
-        g.invalidated().release(&mut self.pool).unwrap();
+        g.invalidate(&mut Tlb::default())
+            .unwrap()
+            .release(&mut self.pool)
+            .unwrap();
     }
 
     fn snapshot(&self) -> Vec<Leaf> {
@@ -132,11 +166,11 @@ fn geometry() {
                 f.start_level(),
                 f.table_entries(f.start_level())
             ),
-            (levels, start, root),
+            (levels, l(start), root),
             "{g:?}/{bits}"
         );
         // The root spans exactly the VA space.
-        assert_eq!(f.entry_size(start) * root as u64, 1 << bits);
+        assert_eq!(f.entry_size(l(start)) * root as u64, 1 << bits);
     }
     assert_eq!(
         Format::new(Granule::K4, 31),
@@ -153,7 +187,10 @@ fn geometry() {
         f.with_largest_leaf(512 * SZ_1G),
         Err(FormatError::LeafSize { size: 512 * SZ_1G })
     );
-    assert_eq!(f.with_largest_leaf(SZ_4K).unwrap().min_block_level(), 3);
+    assert_eq!(
+        f.with_largest_leaf(SZ_4K).unwrap().min_block_level(),
+        Level::L3
+    );
     assert_eq!(
         Format::new(Granule::K16, 48).unwrap().largest_leaf(),
         32 << 20
@@ -173,7 +210,7 @@ fn descriptor_round_trips() {
     for g in Granule::ALL {
         for bits in 32..=48 {
             let f = Format::new(g, bits).unwrap();
-            for level in 0..=3u8 {
+            for level in Level::ALL {
                 let size = f.entry_size(level);
                 let pa = PhysAddr::new(((0x1234_5678_9abc_u64 << 4) & f.oa_mask()) & !(size - 1));
                 for attrs in all_attrs() {
@@ -191,11 +228,11 @@ fn descriptor_round_trips() {
                         if attrs.no_exec { 3 } else { 0 },
                         "XN sets both bits"
                     );
-                    assert_eq!(raw & 3, if level == 3 { 3 } else { 1 });
+                    assert_eq!(raw & 3, if level.is_last() { 3 } else { 1 });
                     assert_eq!(raw & f.oa_mask() & !(size - 1), pa.as_u64());
                     assert_eq!(f.decode(level, pte), Desc::Leaf { pa, attrs, size });
                 }
-                if level < 3 && level >= f.start_level() {
+                if !level.is_last() && level >= f.start_level() {
                     let t = f
                         .encode_table(level, PhysAddr::new(f.page_size() * 3))
                         .unwrap();
@@ -211,13 +248,26 @@ fn descriptor_round_trips() {
             }
             // Misaligned and out-of-range output addresses are refused.
             assert!(matches!(
-                f.encode_leaf(3, PhysAddr::new(f.page_size() / 2), Attrs::default()),
+                f.encode_leaf(
+                    Level::L3,
+                    PhysAddr::new(f.page_size() / 2),
+                    Attrs::default()
+                ),
                 Err(EncodeError::Misaligned { .. })
             ));
             assert!(matches!(
-                f.encode_leaf(3, PhysAddr::new(1 << 48), Attrs::default()),
+                f.encode_leaf(Level::L3, PhysAddr::new(1 << 48), Attrs::default()),
                 Err(EncodeError::OutOfRange { .. })
             ));
+            // A narrower PA width refuses (and decodes as foreign) what lies beyond it.
+            let n = f.with_oa_bits(40).unwrap();
+            let beyond = PhysAddr::new(1 << 40);
+            assert_eq!(
+                n.encode_leaf(Level::L3, beyond, Attrs::default()),
+                Err(EncodeError::OutOfRange { pa: beyond })
+            );
+            let raw = f.encode_leaf(Level::L3, beyond, Attrs::default()).unwrap();
+            assert_eq!(n.decode(Level::L3, raw), Desc::Reserved);
         }
     }
 }
@@ -226,26 +276,35 @@ fn descriptor_round_trips() {
 fn decode_is_total_and_strict() {
     let f = Format::panthor(48).unwrap();
     assert_eq!(
-        f.decode(3, Pte::from_raw(0xFFFF_FFFF_FFFF_FFFE)),
+        f.decode(Level::L3, Pte::from_raw(0xFFFF_FFFF_FFFF_FFFE)),
         Desc::Invalid
     );
     // A block where the format allows none (L1 with 2 MiB largest; L0 never).
     let b = Format::new(Granule::K4, 48)
         .unwrap()
-        .encode_leaf(1, PhysAddr::new(SZ_1G), Attrs::default())
+        .encode_leaf(Level::L1, PhysAddr::new(SZ_1G), Attrs::default())
         .unwrap();
-    assert_eq!(f.decode(1, b), Desc::Reserved);
-    assert_eq!(f.decode(0, Pte::from_raw(0x401)), Desc::Reserved);
+    assert_eq!(f.decode(Level::L1, b), Desc::Reserved);
+    assert_eq!(f.decode(Level::L0, Pte::from_raw(0x401)), Desc::Reserved);
     // Type 01 at level 3.
-    assert_eq!(f.decode(3, Pte::from_raw(0x401)), Desc::Reserved);
+    assert_eq!(f.decode(Level::L3, Pte::from_raw(0x401)), Desc::Reserved);
     // AF clear, one XN bit, SH = 01, AttrIndx 5.
-    assert_eq!(f.decode(3, Pte::from_raw(0x3)), Desc::Reserved);
-    assert_eq!(f.decode(3, Pte::from_raw(0x403 | 1 << 53)), Desc::Reserved);
-    assert_eq!(f.decode(3, Pte::from_raw(0x403 | 1 << 8)), Desc::Reserved);
-    assert_eq!(f.decode(3, Pte::from_raw(0x403 | 5 << 2)), Desc::Reserved);
+    assert_eq!(f.decode(Level::L3, Pte::from_raw(0x3)), Desc::Reserved);
+    assert_eq!(
+        f.decode(Level::L3, Pte::from_raw(0x403 | 1 << 53)),
+        Desc::Reserved
+    );
+    assert_eq!(
+        f.decode(Level::L3, Pte::from_raw(0x403 | 1 << 8)),
+        Desc::Reserved
+    );
+    assert_eq!(
+        f.decode(Level::L3, Pte::from_raw(0x403 | 5 << 2)),
+        Desc::Reserved
+    );
 }
 
-/// `pagetables-and-vmbind.md` 2.3, map examples 1-5: panthor's count, tight with 4 KiB-only
+/// panthor's worked map examples 1-5 (4 KiB granule, 48-bit VA): panthor's count, tight with 4 KiB-only
 /// backing, tight with block-capable backing; and the unmap examples U1-U4.
 #[test]
 fn worked_examples() {
@@ -386,22 +445,33 @@ fn split_keeps_the_rest_and_follows_bbm() {
     let mut r = Reserve::new();
     r.try_fill(&mut env.pool, bound).unwrap();
     let mut bbm = Bbm::default();
-    env.pt
-        .unmap(
-            &mut env.pool,
-            &mut r,
-            &mut env.gather,
-            &mut bbm,
-            va(hole),
-            SZ_4K,
-        )
+    let l1_table = env.pt.root();
+    let flush = env
+        .pt
+        .unmap(&mut env.pool, &mut r, &mut bbm, va(hole), SZ_4K)
         .unwrap();
+    env.absorb(flush);
     assert!(r.is_empty(), "used == reserve for an unmap over a block");
     // The 1 GiB block, then the 2 MiB block containing the hole.
     assert_eq!(
         bbm.0,
         [SZ_1G..2 * SZ_1G, SZ_1G + 3 * SZ_2M..SZ_1G + 4 * SZ_2M]
     );
+    // Publication order for non-coherent walks: each new table is reported whole before the
+    // descriptor that makes it reachable (break, then make, on the parent entry).
+    let w = &bbm.1;
+    let full = |i: usize| w[i].1 == (0..512);
+    let l1 = env.pool.frame(l1_table).map(|(e, _)| e[0]).unwrap();
+    let l1 = match f.decode(Level::L0, l1) {
+        Desc::Table { pa } => pa,
+        d => panic!("{d:?}"),
+    };
+    assert!(full(0), "the L2 table is filled first: {w:?}");
+    assert_eq!((w[1].0, w[2].0), (l1, l1), "break and make on the L1 entry");
+    assert!(full(3), "then the L3 table: {w:?}");
+    assert_eq!(w[4].0, w[0].0, "break in the new L2 table");
+    assert_eq!(w[5].0, w[0].0, "make in the new L2 table");
+    assert_eq!(w[6], (w[3].0, 5..6), "the hole cleared last");
     for off in (0..SZ_1G).step_by(61 * 4096) {
         let t = env.pt.translate(&env.pool, va(SZ_1G + off)).unwrap();
         if SZ_1G + off >= hole && SZ_1G + off < hole + SZ_4K {
@@ -413,7 +483,7 @@ fn split_keeps_the_rest_and_follows_bbm() {
     }
     let a = env.pt.audit(&env.pool).unwrap();
     assert_eq!(a.leaves, [0, 0, 511, 511]);
-    let fr = env.gather.flush_range().unwrap();
+    let fr = env.gather.range().unwrap();
     assert!(fr.start <= SZ_1G && fr.end >= 2 * SZ_1G);
 }
 
@@ -432,17 +502,18 @@ fn protect_changes_attributes_and_splits() {
         .total();
     let mut r = Reserve::new();
     r.try_fill(&mut env.pool, bound).unwrap();
-    env.pt
+    let flush = env
+        .pt
         .protect(
             &mut env.pool,
             &mut r,
-            &mut env.gather,
             &mut RegionLocked,
             va(SZ_2M + SZ_4K),
             2 * SZ_2M,
             ro,
         )
         .unwrap();
+    env.absorb(flush);
     assert!(r.is_empty());
     for (at, want) in [
         (SZ_2M, false),
@@ -463,7 +534,7 @@ fn protect_changes_attributes_and_splits() {
 
 #[test]
 fn rejected_requests_change_nothing() {
-    let f = Format::panthor(40).unwrap();
+    let f = Format::panthor(40).unwrap().with_oa_bits(44).unwrap();
     let mut env = Env::new(f);
     env.map(SZ_2M, &[chunk(0x4000_0000, SZ_2M)], Attrs::default())
         .unwrap();
@@ -473,136 +544,107 @@ fn rejected_requests_change_nothing() {
         Attrs::default(),
     )
     .unwrap();
+    env.flush();
     let before = env.snapshot();
     let audit = env.pt.audit(&env.pool).unwrap();
     let in_use = env.pool.in_use();
     let mut r = Reserve::new();
     r.try_fill(&mut env.pool, 3).unwrap();
-    let mut g = Gather::new();
-    let pt = &mut env.pt;
-    let pool = &mut env.pool;
     let a = Attrs::default();
     let c = [chunk(0x6000_0000, SZ_2M)];
+    let mut ctx = env.pt.update(&mut env.pool, &mut r, RegionLocked);
     assert_eq!(
-        pt.map(pool, &mut r, &mut g, va(SZ_4K / 2), &c, a),
+        ctx.map(va(SZ_4K / 2), &c, a),
         Err(MapError::Misaligned { va: va(SZ_4K / 2) })
     );
+    assert_eq!(ctx.map(va(0), &[], a), Err(MapError::ZeroLength));
     assert_eq!(
-        pt.map(pool, &mut r, &mut g, va(0), &[], a),
-        Err(MapError::ZeroLength)
-    );
-    assert_eq!(
-        pt.map(pool, &mut r, &mut g, va(0), &[chunk(0x1000, 0x800)], a),
+        ctx.map(va(0), &[chunk(0x1000, 0x800)], a),
         Err(MapError::BadChunk { index: 0 })
     );
+    // Beyond the 44-bit PA width (the format's, not the descriptor's 48 bits).
     assert_eq!(
-        pt.map(pool, &mut r, &mut g, va(0), &[chunk(1 << 48, SZ_4K)], a),
-        Err(MapError::BadChunk { index: 0 })
+        ctx.map(
+            va(0),
+            &[chunk(SZ_4K, SZ_4K), chunk((1 << 44) - SZ_4K, 2 * SZ_4K)],
+            a
+        ),
+        Err(MapError::PaOutOfRange { index: 1 })
     );
     assert_eq!(
-        pt.map(pool, &mut r, &mut g, va((1 << 40) - SZ_4K), &c, a),
+        ctx.map(va((1 << 40) - SZ_4K), &c, a),
         Err(MapError::OutOfRange)
     );
     assert_eq!(
-        pt.map(pool, &mut r, &mut g, va(u64::MAX - 0xFFF), &c, a),
+        ctx.map(va(u64::MAX - 0xFFF), &c, a),
         Err(MapError::OutOfRange)
     );
     // Overlaps a block at its last page, and a page table entry.
     assert_eq!(
-        pt.map(
-            pool,
-            &mut r,
-            &mut g,
-            va(0),
-            &[chunk(0x6000_0000, SZ_2M + SZ_4K)],
-            a
-        ),
+        ctx.map(va(0), &[chunk(0x6000_0000, SZ_2M + SZ_4K)], a),
         Err(MapError::AlreadyMapped { va: va(SZ_2M) })
     );
     assert_eq!(
-        pt.map(
-            pool,
-            &mut r,
-            &mut g,
-            va(4 * SZ_2M),
-            &[chunk(0x6000_0000, 4 * SZ_4K)],
-            a
-        ),
+        ctx.map(va(4 * SZ_2M), &[chunk(0x6000_0000, 4 * SZ_4K)], a),
         Err(MapError::AlreadyMapped {
             va: va(4 * SZ_2M + SZ_4K)
         })
     );
-    // Reserve too small: a map needing 2 new tables (L2 + L3 in a fresh 1 GiB window).
-    let mut small = Reserve::new();
-    small.try_fill(pool, 1).unwrap();
+    assert_eq!(ctx.unmap(va(0), 0), Err(UnmapError::ZeroLength));
     assert_eq!(
-        pt.map(
-            pool,
-            &mut small,
-            &mut g,
-            va(3 * SZ_1G),
-            &[chunk(0x6000_0000, SZ_4K)],
-            a
-        ),
-        Err(MapError::ReservationExhausted {
-            needed: 2,
-            available: 1
-        })
-    );
-    let mut empty = Reserve::new();
-    assert_eq!(
-        pt.unmap(
-            pool,
-            &mut empty,
-            &mut g,
-            &mut RegionLocked,
-            va(SZ_2M + SZ_4K),
-            SZ_4K
-        ),
-        Err(UnmapError::ReservationExhausted {
-            needed: 1,
-            available: 0
-        })
-    );
-    assert_eq!(
-        pt.unmap(pool, &mut r, &mut g, &mut RegionLocked, va(0), 0),
-        Err(UnmapError::ZeroLength)
-    );
-    assert_eq!(
-        pt.unmap(pool, &mut r, &mut g, &mut RegionLocked, va(0x800), SZ_4K),
+        ctx.unmap(va(0x800), SZ_4K),
         Err(UnmapError::Misaligned {
             va: va(0x800),
             len: SZ_4K
         })
     );
     assert_eq!(
-        pt.unmap(
-            pool,
-            &mut r,
-            &mut g,
-            &mut RegionLocked,
-            va(0),
-            (1 << 40) + SZ_4K
-        ),
+        ctx.unmap(va(0), (1 << 40) + SZ_4K),
         Err(UnmapError::OutOfRange)
     );
     assert_eq!(
-        pt.protect(
-            pool,
-            &mut empty,
-            &mut g,
-            &mut RegionLocked,
-            va(SZ_2M),
-            SZ_4K,
-            a
-        ),
-        Err(ProtectError::ReservationExhausted {
+        ctx.protect(va(u64::MAX - 0xFFF), SZ_4K, a),
+        Err(ProtectError::OutOfRange)
+    );
+    assert_eq!(ctx.reserve_len(), 3);
+    let flush = ctx.finish();
+    assert!(flush.range().is_none() && flush.changed().is_none() && flush.retired_len() == 0);
+    let _ = flush.forget();
+
+    // Reserve too small: a map needing 2 new tables (L2 + L3 in a fresh 1 GiB window), and
+    // splits needing one.
+    let mut small = Reserve::new();
+    small.try_fill(&mut env.pool, 1).unwrap();
+    let mut empty = Reserve::new();
+    let mut ctx = env.pt.update(&mut env.pool, &mut small, RegionLocked);
+    assert_eq!(
+        ctx.map(va(3 * SZ_1G), &[chunk(0x6000_0000, SZ_4K)], a),
+        Err(MapError::ReservationExhausted {
+            needed: 2,
+            available: 1
+        })
+    );
+    let _ = ctx.finish().forget();
+    let mut ctx = env.pt.update(&mut env.pool, &mut empty, RegionLocked);
+    assert_eq!(
+        ctx.unmap(va(SZ_2M + SZ_4K), SZ_4K),
+        Err(UnmapError::ReservationExhausted {
             needed: 1,
             available: 0
         })
     );
     assert_eq!(
-        pt.translate(pool, va(1 << 40)),
+        ctx.protect(va(SZ_2M), SZ_4K, a),
+        Err(ProtectError::ReservationExhausted {
+            needed: 1,
+            available: 0
+        })
+    );
+    let flush = ctx.finish();
+    assert!(flush.range().is_none() && flush.retired_len() == 0);
+    let _ = flush.forget();
+    assert_eq!(
+        env.pt.translate(&env.pool, va(1 << 40)),
         Err(TranslateError::OutOfRange)
     );
     // A reserve whose frames belong to another memory.
@@ -610,10 +652,10 @@ fn rejected_requests_change_nothing() {
     let mut foreign = Reserve::new();
     foreign.try_fill(&mut other, 2).unwrap();
     assert!(matches!(
-        pt.map(
-            pool,
+        env.pt.map(
+            &mut env.pool,
             &mut foreign,
-            &mut g,
+            &mut RegionLocked,
             va(3 * SZ_1G),
             &[chunk(0x6000_0000, SZ_4K)],
             a
@@ -621,12 +663,35 @@ fn rejected_requests_change_nothing() {
         Err(MapError::BadTable { .. })
     ));
     assert_eq!(foreign.len(), 2);
+    // A reserve whose frames lie beyond the PA width: refused before anything is written.
+    let f40 = Format::panthor(40).unwrap().with_oa_bits(40).unwrap();
+    // Frames 0 and 1 lie below 2^40, frames 2 and up at or beyond it.
+    let mut edge = VecPool::new(Granule::K4, PhysAddr::new((1 << 40) - 2 * SZ_4K)).unwrap();
+    let mut pt40 = PageTable::try_new(f40, &mut edge).unwrap();
+    let mut high = Reserve::new();
+    high.try_fill(&mut edge, 3).unwrap();
+    let third = PhysAddr::new((1 << 40) + SZ_4K);
+    let got = pt40.map(
+        &mut edge,
+        &mut high,
+        RegionLocked,
+        va(0),
+        &[chunk(SZ_4K, SZ_4K)],
+        a,
+    );
+    assert_eq!(got.err(), Some(MapError::BadTable { pa: third }));
+    assert_eq!(pt40.audit(&edge).unwrap().table_count(), 1);
+    let beyond = edge.alloc_frame().unwrap();
+    assert_eq!(
+        PageTable::new(f40, &mut edge, beyond).err(),
+        Some(NewError::BadRoot { pa: beyond })
+    );
+    assert_eq!(high.len(), 3);
+
     assert_eq!(r.len(), 3);
-    assert!(g.flush_range().is_none() && g.touched().is_none() && g.retired_len() == 0);
     assert_eq!(env.snapshot(), before);
     assert_eq!(env.pt.audit(&env.pool).unwrap(), audit);
     assert_eq!(env.pool.in_use(), in_use + 3 + 1);
-    let _ = g.invalidated();
 }
 
 #[test]
@@ -690,7 +755,7 @@ fn retired_frames_wait_for_the_flush() {
         let mut t = env.pt.root();
         for level in 0..3 {
             let (e, _) = env.pool.frame(t).unwrap();
-            match f.decode(level, Pte::from_raw(e[0])) {
+            match f.decode(l(level), e[0]) {
                 Desc::Table { pa } => {
                     v.push(pa);
                     t = pa;
@@ -704,15 +769,15 @@ fn retired_frames_wait_for_the_flush() {
     for t in &tables {
         assert!(env.gather.is_retired(&env.pool, *t));
     }
-    // New frames for a new map come from elsewhere while the gather is pending.
+    // New frames for a new map come from elsewhere while the flush is pending.
     let mut r = Reserve::new();
     r.try_fill(&mut env.pool, 3).unwrap();
-    let mut g2 = Gather::new();
-    env.pt
+    let g2 = env
+        .pt
         .map(
             &mut env.pool,
             &mut r,
-            &mut g2,
+            &mut RegionLocked,
             va(SZ_1G * 600),
             &[chunk(0x1000_0000, SZ_4K)],
             Attrs::default(),
@@ -720,14 +785,56 @@ fn retired_frames_wait_for_the_flush() {
         .unwrap();
     let snap = env.pt.audit(&env.pool).unwrap();
     assert_eq!(snap.table_count(), 4);
-    for l in 0..3 {
-        let (e, _) = env.pool.frame(env.pt.root()).unwrap();
-        let _ = (l, e);
+    for t in &tables {
+        assert!(!reachable(&env).contains(t), "a retired frame was reused");
     }
+    // A failed invalidation gives the flush back, nothing reclaimed.
+    struct Stuck;
+    impl TlbInvalidate for Stuck {
+        type Error = &'static str;
+        fn invalidate(&mut self, _: core::ops::Range<u64>, _: bool) -> Result<(), &'static str> {
+            Err("AS_ACTIVE stuck")
+        }
+    }
+    let pending = core::mem::take(&mut env.gather);
+    let err = pending.invalidate(&mut Stuck).unwrap_err();
+    assert_eq!((err.error, err.flush.retired_len()), ("AS_ACTIVE stuck", 3));
+    env.gather = err.flush;
     let in_use = env.pool.in_use();
-    env.flush();
+    let mut tlb = Tlb::default();
+    let mut reclaim = core::mem::take(&mut env.gather)
+        .invalidate(&mut tlb)
+        .unwrap();
+    assert_eq!(
+        tlb.0,
+        [(0..1 << 39, true)],
+        "the L1 table's span, walk cache too"
+    );
+    assert_eq!(env.pool.in_use(), in_use, "nothing freed before release");
+    reclaim.release(&mut env.pool).unwrap();
     assert_eq!(env.pool.in_use(), in_use - 3);
-    let _ = g2.invalidated();
+    // A map-only flush invalidates nothing.
+    let mut tlb = Tlb::default();
+    assert!(g2.invalidate(&mut tlb).unwrap().is_empty());
+    assert!(tlb.0.is_empty());
+}
+
+/// Every table reachable from the root.
+fn reachable(env: &Env) -> Vec<PhysAddr> {
+    let f = *env.pt.format();
+    let mut out = Vec::new();
+    let mut stack = alloc::vec![(env.pt.root(), f.start_level())];
+    while let Some((t, level)) = stack.pop() {
+        out.push(t);
+        if let (Some((e, _)), Some(_)) = (env.pool.frame(t), level.next()) {
+            for pte in e {
+                if let Desc::Table { pa } = f.decode(level, *pte) {
+                    stack.push((pa, level.child()));
+                }
+            }
+        }
+    }
+    out
 }
 
 #[test]
@@ -738,16 +845,18 @@ fn destroy_retires_everything() {
         .unwrap();
     let tables = env.pt.audit(&env.pool).unwrap().table_count();
     let pt = core::mem::replace(&mut env.pt, PageTable::try_new(f, &mut env.pool).unwrap());
-    let mut g = Gather::new();
-    pt.destroy(&mut env.pool, &mut g).unwrap();
+    let g = pt.destroy(&mut env.pool).unwrap();
     assert_eq!(g.retired_len(), tables);
-    assert_eq!(g.flush_range(), Some(0..1 << 48));
-    g.invalidated().release(&mut env.pool).unwrap();
+    assert_eq!(g.range(), Some(0..1 << 48));
+    g.invalidate(&mut Tlb::default())
+        .unwrap()
+        .release(&mut env.pool)
+        .unwrap();
 }
 
 #[test]
 fn slice_pool_core_only() {
-    let mut entries = [0u64; 4 * 512];
+    let mut entries = [Pte::INVALID; 4 * 512];
     let mut metas = [FrameMeta::default(); 4];
     let mut pool = SlicePool::new(
         Granule::K4,
@@ -762,16 +871,16 @@ fn slice_pool_core_only() {
     r.try_fill(&mut pool, 2).unwrap();
     assert_eq!(r.try_fill(&mut pool, 2), Err(AllocError::OutOfFrames));
     assert_eq!(r.len(), 2, "a failed fill gives back what it took");
-    let mut g = Gather::new();
-    pt.map(
-        &mut pool,
-        &mut r,
-        &mut g,
-        va(0x1000),
-        &[chunk(0x200_0000, 0x1000)],
-        Attrs::default(),
-    )
-    .unwrap();
+    let g = pt
+        .map(
+            &mut pool,
+            &mut r,
+            &mut RegionLocked,
+            va(0x1000),
+            &[chunk(0x200_0000, 0x1000)],
+            Attrs::default(),
+        )
+        .unwrap();
     assert_eq!(pool.in_use(), 3);
     assert!(matches!(
         pool.free_frame(PhysAddr::new(0x999_0000)),
@@ -782,6 +891,91 @@ fn slice_pool_core_only() {
         pool.free_frame(PhysAddr::new(0x10_0000 + 3 * 0x1000)),
         Err(FreeError::DoubleFree { .. })
     ));
-    let _ = g.invalidated();
+    let _ = g.forget();
     assert!(SlicePool::new(Granule::K4, PhysAddr::new(0x10), &mut [], &mut []).is_err());
+}
+
+/// Releases into a pool that does not own the frames are refused with `FreeError::Foreign`,
+/// and lose nothing: the frames can still be released into the right pool afterwards, and
+/// both pools' `in_use` end where they should. One test per release path: the reserve, the
+/// reclaim after invalidation, moving retired frames between flushes, and taking a retired
+/// frame for reuse.
+#[test]
+fn foreign_releases_are_refused_and_lose_nothing() {
+    let f = Format::panthor(48).unwrap();
+    let mut env = Env::new(f);
+    let mut other = VecPool::new(Granule::K4, PhysAddr::new(0x10_0000_0000)).unwrap();
+    let other_frame = other.alloc_frame().unwrap();
+
+    // Reserve.
+    let mut r = Reserve::new();
+    r.try_fill(&mut env.pool, 3).unwrap();
+    let in_use = env.pool.in_use();
+    let first = r.release(&mut other).unwrap_err();
+    assert!(matches!(first, FreeError::Foreign { .. }), "{first:?}");
+    assert_eq!((r.len(), env.pool.in_use(), other.in_use()), (3, in_use, 1));
+    r.release(&mut env.pool).unwrap();
+    assert_eq!((r.len(), env.pool.in_use()), (0, in_use - 3));
+
+    // Reclaim (retired tables after the invalidation).
+    env.map(0, &[chunk(0x1000_0000, 8 * SZ_4K)], Attrs::default())
+        .unwrap();
+    env.unmap(0, 8 * SZ_4K).unwrap();
+    let flush = core::mem::take(&mut env.gather);
+    assert_eq!(flush.retired_len(), 3);
+    let mut reclaim = flush.invalidate(&mut Tlb::default()).unwrap();
+    let in_use = env.pool.in_use();
+    assert!(matches!(
+        reclaim.release(&mut other),
+        Err(FreeError::Foreign { .. })
+    ));
+    assert_eq!(
+        (reclaim.len(), env.pool.in_use(), other.in_use()),
+        (3, in_use, 1)
+    );
+    // Reuse of a retired frame through a foreign memory is refused too.
+    assert!(matches!(
+        reclaim.pop(&mut other),
+        Err(FreeError::Foreign { .. })
+    ));
+    assert_eq!(reclaim.len(), 3);
+    let one = reclaim.pop(&mut env.pool).unwrap().unwrap();
+    env.pool.free_frame(one).unwrap();
+    reclaim.release(&mut env.pool).unwrap();
+    assert_eq!((reclaim.len(), env.pool.in_use()), (0, in_use - 3));
+
+    // Retired frames moved between flushes (merge) through a memory that does not hold them.
+    env.map(0, &[chunk(0x1000_0000, 8 * SZ_4K)], Attrs::default())
+        .unwrap();
+    env.unmap(0, 8 * SZ_4K).unwrap();
+    let flush = core::mem::take(&mut env.gather);
+    let mut into = Flush::default();
+    let err = into.merge(&mut other, flush).unwrap_err();
+    assert!(matches!(err.error, FreeError::Foreign { .. }));
+    let flush = err.flush;
+    assert_eq!((flush.retired_len(), into.retired_len()), (3, 0));
+    into.merge(&mut env.pool, flush).unwrap();
+    assert_eq!(into.retired_len(), 3);
+    let in_use = env.pool.in_use();
+    into.invalidate(&mut Tlb::default())
+        .unwrap()
+        .release(&mut env.pool)
+        .unwrap();
+    assert_eq!(env.pool.in_use(), in_use - 3);
+    other.free_frame(other_frame).unwrap();
+    assert_eq!(other.in_use(), 0);
+}
+
+/// Regression (kernel formula): an unmap with a 2 MiB-aligned start and an unaligned end in the
+/// same 2 MiB window reserves one table in panthor (`ALIGN` rounds up), not zero.
+#[test]
+fn panthor_unmap_aligned_start_unaligned_end_same_window() {
+    let f = Format::panthor(48).unwrap();
+    assert_eq!(panthor_unmap_bound(&f, va(SZ_2M), SZ_4K).unwrap(), 1);
+    assert_eq!(unmap_bound(&f, va(SZ_2M), SZ_4K).unwrap().total(), 1);
+    // And the split really needs it.
+    let mut env = Env::new(f);
+    env.map(SZ_2M, &[chunk(0x4000_0000, SZ_2M)], Attrs::default())
+        .unwrap();
+    assert_eq!(env.unmap(SZ_2M, SZ_4K).unwrap(), (1, 1));
 }

@@ -4,8 +4,12 @@
 //! lockstep and checks every invariant after every request, [`fuzz_body`] decodes fuzzer bytes into
 //! harness requests (shared with the `fuzz/` crate, which includes these files by path), [`sink`]
 //! holds allocation-free op sinks.
+//!
+//! pagetable: [`pagetable_fuzz`] is the body of the `pagetable_ops` fuzz target (map/unmap/protect
+//! sequences against a page-granular model), also included by the `fuzz/` crate.
 
 pub mod fuzz_body;
 pub mod harness;
 pub mod model;
+pub mod pagetable_fuzz;
 pub mod sink;

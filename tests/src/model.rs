@@ -1,4 +1,4 @@
-//! A page-granular reference model of a `gpuva` VA space (`style.md` 3.9, `gpuvm-semantics.md` §9).
+//! A page-granular reference model of a `gpuva` VA space (`docs/semantics.md` in the repository).
 //!
 //! The model stores one entry per mapped page: which mapping (`id`) the page belongs to and what it
 //! translates to (object, object offset of that page, flags). It knows nothing about trees, splits
@@ -11,7 +11,7 @@
 //!
 //! * [`Model::map`] / [`Model::unmap`]: the expected next state, page by page;
 //! * [`Model::expected_map_ops`] / [`Model::expected_unmap_ops`]: the op list drm_gpuvm emits, from
-//!   the decision table of `gpuvm-semantics.md` §2.3-2.4 applied to the runs (keep is decided by
+//!   the decision table of `docs/semantics.md` applied to the runs (keep is decided by
 //!   comparing the translation of one shared page, not by `Mapping::same_backing`);
 //! * [`Model::apply_op`]: applies one recorded [`Op`] to the model, checking that it describes the
 //!   current state (the mapping it removes exists exactly, pieces keep their translations, a `Map`
@@ -54,6 +54,8 @@ pub struct Model {
     /// Empty when there is no cut-out.
     reserved: Range<u64>,
     page: u64,
+    /// Alignment requests must have (1: any).
+    granule: u64,
     /// Page index (`addr / page`) to page.
     pages: BTreeMap<u64, Page>,
 }
@@ -75,8 +77,17 @@ impl Model {
             space,
             reserved,
             page,
+            granule: 1,
             pages: BTreeMap::new(),
         }
+    }
+
+    /// The same model, refusing requests not aligned to `granule` (as
+    /// `GpuVm::with_granule` does).
+    #[must_use]
+    pub fn with_granule(mut self, granule: u64) -> Self {
+        self.granule = granule;
+        self
     }
 
     /// A model holding `mappings` (with their ids).
@@ -140,7 +151,8 @@ impl Model {
         self.pages.get(&(addr / self.page)).copied()
     }
 
-    /// `drm_gpuvm_range_valid` plus the zero-size rule, written from `gpuvm-semantics.md` §3.
+    /// `drm_gpuvm_range_valid` plus the zero-size and granule rules, written from the documented
+    /// order: zero size, overflow, outside the space, cut-out, alignment.
     ///
     /// # Errors
     ///
@@ -158,6 +170,9 @@ impl Model {
         let r = &self.reserved;
         if !r.is_empty() && addr < r.end && r.start < end {
             return Err(RangeError::Reserved);
+        }
+        if !addr.is_multiple_of(self.granule) || !len.is_multiple_of(self.granule) {
+            return Err(RangeError::Unaligned);
         }
         Ok(addr..end)
     }
@@ -251,7 +266,7 @@ impl Model {
             .collect()
     }
 
-    /// drm_gpuvm's decision for one overlapped mapping `v` (§2.3 table). `req` is `None` for unmap.
+    /// drm_gpuvm's decision for one overlapped mapping `v` (the decision table). `req` is `None` for unmap.
     fn expected_op(&self, v: &Mapping, r: &Range<u64>, req: Option<&Mapping>) -> Op {
         // keep: compare what one shared page translates to under `v` and under the request.
         let shared = v.addr.max(r.start);
@@ -409,9 +424,10 @@ impl Model {
     }
 }
 
-/// Nodes an op takes from the pool when applied (new mapping and pieces).
+/// Entries an op inserts into the mapping tree (the new mapping and split pieces). With a B+tree
+/// this no longer says how many nodes it takes; it is kept for the op-shape checks.
 #[must_use]
-pub fn nodes_inserted(op: &Op) -> usize {
+pub fn entries_inserted(op: &Op) -> usize {
     match op {
         Op::Map(_) => 1,
         Op::Remap { prev, next, .. } => usize::from(prev.is_some()) + usize::from(next.is_some()),

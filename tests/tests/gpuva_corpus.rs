@@ -121,3 +121,29 @@ fn example_seeds_decode_as_named() {
         ]
     );
 }
+
+/// The link seeds exercise what they are named after.
+#[test]
+fn link_seeds_do_as_named() {
+    let seeds = seeds();
+    let stats = |name: &str| {
+        let (_, bytes) = seeds.iter().find(|(n, _)| n == name).expect("seed exists");
+        tests::fuzz_body::run_stats(bytes).expect("non-empty")
+    };
+    let s = stats("link_pin_keeps_empty");
+    assert!(s.pins_held > 0 && s.zombies_drained > 0, "{s:?}");
+    let s = stats("link_flags");
+    assert!(s.flag_changes >= 3 && s.flag_refusals > 0, "{s:?}");
+    let s = stats("link_no_pin");
+    assert_eq!(
+        s.no_link, 2,
+        "objects 3 (at first) and 1 have no link: {s:?}"
+    );
+    assert_eq!(s.applied_ok, 3, "{s:?}");
+    let s = stats("link_remap_pieces");
+    assert!(s.unmap_remaps > 0 && s.links_created == 3, "{s:?}");
+    let s = stats("link_drain");
+    assert!(s.pins_held == 3 && s.zombies_drained >= 3, "{s:?}");
+    let s = stats("links_via_no_pin_map");
+    assert_eq!(s.no_link, 0, "the link exists from the earlier map: {s:?}");
+}

@@ -14,8 +14,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use pagetable::{
-    map_bound, unmap_bound, Attrs, BreakBeforeMake, Chunk, Format, Gather, Granule, PageTable,
-    PhysAddr, Reserve, VecPool, VirtAddr,
+    map_bound, unmap_bound, Attrs, Chunk, Format, Granule, PageTable, PhysAddr, Reserve,
+    TlbInvalidate, UpdateHooks, VecPool, VirtAddr,
 };
 
 struct Counting;
@@ -67,18 +67,34 @@ fn count_allocs<R>(f: impl FnOnce() -> R) -> (R, u64) {
     (r, VIOLATIONS.with(Cell::get) - before)
 }
 
-/// A break-before-make hook that records into fixed storage.
+/// Hooks that record into fixed storage.
 struct FixedLog {
     calls: [u64; 8],
     n: usize,
+    written: u64,
 }
 
-impl BreakBeforeMake for FixedLog {
-    fn invalidate_block(&mut self, block: core::ops::Range<u64>) {
+impl UpdateHooks for FixedLog {
+    fn break_before_make(&mut self, block: core::ops::Range<u64>) {
         if let Some(slot) = self.calls.get_mut(self.n) {
             *slot = block.start;
             self.n += 1;
         }
+    }
+
+    fn written(&mut self, _frame: PhysAddr, entries: core::ops::Range<usize>) {
+        self.written += entries.len() as u64;
+    }
+}
+
+/// A TLB that records the last range into fixed storage.
+struct FixedTlb(Option<(u64, u64, bool)>);
+
+impl TlbInvalidate for FixedTlb {
+    type Error = ();
+    fn invalidate(&mut self, r: core::ops::Range<u64>, walk: bool) -> Result<(), ()> {
+        self.0 = Some((r.start, r.end, walk));
+        Ok(())
     }
 }
 
@@ -124,48 +140,25 @@ fn run_stage_allocates_nothing() {
                 .unwrap()
                 .total();
         reserve.try_fill(&mut pool, need).unwrap();
-        let mut gather = Gather::new();
         let mut log = FixedLog {
             calls: [0; 8],
             n: 0,
+            written: 0,
         };
+        let mut tlb = FixedTlb(None);
 
-        // Run: map, split, protect, unmap everything, translate.
-        let ((), allocs) = count_allocs(|| {
-            pt.map(
-                &mut pool,
-                &mut reserve,
-                &mut gather,
-                big_va,
-                &big,
-                Attrs::default(),
-            )
-            .unwrap();
-            pt.map(
-                &mut pool,
-                &mut reserve,
-                &mut gather,
-                small_va,
-                &scattered,
-                Attrs::default(),
-            )
-            .unwrap();
-            pt.unmap(&mut pool, &mut reserve, &mut gather, &mut log, hole, page)
-                .unwrap();
+        // Run: map, split, protect, unmap everything, translate, invalidate.
+        let (reclaim, allocs) = count_allocs(|| {
+            let mut ctx = pt.update(&mut pool, &mut reserve, &mut log);
+            ctx.map(big_va, &big, Attrs::default()).unwrap();
+            ctx.map(small_va, &scattered, Attrs::default()).unwrap();
+            ctx.unmap(hole, page).unwrap();
             let ro = Attrs {
                 read_only: true,
                 ..Attrs::default()
             };
-            pt.protect(
-                &mut pool,
-                &mut reserve,
-                &mut gather,
-                &mut log,
-                VirtAddr::new(block + page),
-                block,
-                ro,
-            )
-            .unwrap();
+            ctx.protect(VirtAddr::new(block + page), block, ro).unwrap();
+            let flush = ctx.finish();
             assert!(pt
                 .translate(&pool, VirtAddr::new(2 * block))
                 .unwrap()
@@ -174,23 +167,30 @@ fn run_stage_allocates_nothing() {
                 .leaves(&pool, VirtAddr::new(0)..VirtAddr::new(32 * block))
                 .count();
             assert!(leaves > 0);
-            pt.unmap(
-                &mut pool,
-                &mut reserve,
-                &mut gather,
-                &mut log,
-                VirtAddr::new(0),
-                32 * block,
-            )
-            .unwrap();
-            let _ = gather.lock_region();
+            let mut all = pt
+                .unmap(
+                    &mut pool,
+                    &mut reserve,
+                    &mut log,
+                    VirtAddr::new(0),
+                    32 * block,
+                )
+                .unwrap();
+            all.merge(&mut pool, flush).unwrap();
+            let _ = all.lock_region();
+            all.invalidate(&mut tlb).unwrap()
         });
         assert_eq!(allocs, 0, "{:?}: the run stage allocated", fmt.granule());
         assert!(log.n >= 2, "splits happened");
+        assert!(log.written > 0, "writes were reported");
+        assert!(tlb
+            .0
+            .is_some_and(|(s, e, walk)| s == 0 && e >= 32 * block && walk));
         assert_eq!(pt.audit(&pool).unwrap().table_count(), 1);
 
         // Cleanup (may free).
-        gather.invalidated().release(&mut pool).unwrap();
+        let mut reclaim = reclaim;
+        reclaim.release(&mut pool).unwrap();
         reserve.release(&mut pool).unwrap();
         assert_eq!(pool.in_use(), 1);
     }

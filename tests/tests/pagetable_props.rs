@@ -11,8 +11,8 @@
 mod pagetable_common;
 
 use pagetable::{
-    job_bound_alloc, map_bound, sum_bound, unmap_bound, Attrs, Chunk, Format, Gather, Granule,
-    JobOp, LockRegion, MapError, PhysAddr, ProtectError, RegionLocked, Reserve, UnmapError,
+    job_bound_alloc, map_bound, sum_bound, unmap_bound, Attrs, Chunk, Format, Granule, JobOp,
+    Level, LockRegion, MapError, PhysAddr, ProtectError, RegionLocked, Reserve, UnmapError,
 };
 use pagetable_common::*;
 use proptest::prelude::*;
@@ -44,7 +44,7 @@ fn setup(which: u8, place: u8) -> (Format, u64, u64) {
 /// starts and block-sized lengths.
 fn random_range(rng: &mut SeedRng, fmt: &Format, base: u64, window: u64) -> (u64, u64) {
     let page = fmt.page_size();
-    let block = fmt.entry_size(2);
+    let block = fmt.entry_size(Level::L2);
     let start = if rng.chance(40) && window > block {
         base + block * rng.below(window / block)
     } else {
@@ -70,7 +70,7 @@ fn run_sequence(which: u8, place: u8, seed: u64, steps: usize) {
             0..=9 => {
                 let backing = random_backing(&mut rng, &fmt, len);
                 if !h.is_free(start, len) && rng.chance(60) {
-                    // The queued-unmap-then-map scenario (`pagetables-and-vmbind.md` 2.1).
+                    // A queued unmap, then the map (the state at run time is unknown).
                     h.unmap(start, len);
                 }
                 let _ = h.map(start, &backing, random_attrs(&mut rng));
@@ -160,10 +160,10 @@ proptest! {
     fn map_tightness(which in 0u8..4, seed in any::<u64>()) {
         let (fmt, _, _) = setup(which, 0);
         let mut rng = SeedRng(seed);
-        let block = fmt.entry_size(2);
+        let block = fmt.entry_size(Level::L2);
         let pages = fmt.page_size();
         // Anywhere, crossing table boundaries at every level now and then.
-        let top = fmt.table_span(fmt.start_level() + 1);
+        let top = fmt.table_span(fmt.start_level().next().unwrap());
         let start = top * (1 + rng.below(3)) - if rng.chance(50) { block * rng.below(3) + pages * rng.below(8) } else { 0 };
         let len = pages * (1 + rng.below(8)) + block * rng.below(3);
         let start = start.min(fmt.va_limit() - len);
@@ -219,13 +219,14 @@ proptest! {
         prop_assert!(union <= sum_bound(&fmt, &ops).unwrap().total());
         let mut r = Reserve::new();
         r.try_fill(&mut h.pool, union).unwrap();
-        let mut g = Gather::new();
+        let mut ctx = h.pt.update(&mut h.pool, &mut r, RegionLocked);
         for (&(s, _), b) in ranges.iter().zip(&backings) {
-            h.pt.map(&mut h.pool, &mut r, &mut g, va(s), b, Attrs::default()).unwrap();
+            ctx.map(va(s), b, Attrs::default()).unwrap();
         }
+        let g = ctx.finish();
         r.release(&mut h.pool).unwrap();
         h.pt.audit(&h.pool).unwrap();
-        g.invalidated().release(&mut h.pool).unwrap();
+        complete(g, &mut h.pool);
     }
 
     /// Rejected requests leave every reachable table bit-identical, and the reserve and
@@ -248,36 +249,38 @@ proptest! {
             r.try_fill(&mut h.pool, 2).unwrap();
         }
         let r_len = r.len();
-        let mut g = Gather::new();
         let (s, l) = random_range(&mut rng, &fmt, base, window);
         let a = Attrs::default();
+        let first_page = h.model.keys().next().copied();
+        let backing7 = random_backing(&mut rng, &fmt, l);
+        let free7 = h.is_free(s, l);
+        let overlap = first_page.map(|p| {
+            let start = p.saturating_sub(page * rng.below(4)).max(base);
+            (start, random_backing(&mut rng, &fmt, p + page - start))
+        });
+        let mut ctx = h.pt.update(&mut h.pool, &mut r, RegionLocked);
         let rejected = match kind {
-            0 => h.pt.map(&mut h.pool, &mut r, &mut g, va(s + page / 2), &[Chunk::new(PhysAddr::new(0x1000_0000), page)], a).is_err(),
-            1 => h.pt.map(&mut h.pool, &mut r, &mut g, va(s), &[Chunk::new(PhysAddr::new(0x1000_0000), page / 2)], a).is_err(),
-            2 => h.pt.map(&mut h.pool, &mut r, &mut g, va(fmt.va_limit() - page), &[Chunk::new(PhysAddr::new(0x1000_0000), 2 * page)], a) == Err(MapError::OutOfRange),
+            0 => ctx.map(va(s + page / 2), &[Chunk::new(PhysAddr::new(0x1000_0000), page)], a).is_err(),
+            1 => ctx.map(va(s), &[Chunk::new(PhysAddr::new(0x1000_0000), page / 2)], a).is_err(),
+            2 => ctx.map(va(fmt.va_limit() - page), &[Chunk::new(PhysAddr::new(0x1000_0000), 2 * page)], a) == Err(MapError::OutOfRange),
             3 => {
                 // Overlapping an existing page, if any.
-                match h.model.keys().next() {
-                    Some(&p) => {
-                        let start = p.saturating_sub(page * rng.below(4)).max(base);
-                        let backing = random_backing(&mut rng, &fmt, p + page - start);
-                        matches!(h.pt.map(&mut h.pool, &mut r, &mut g, va(start), &backing, a), Err(MapError::AlreadyMapped { .. }))
-                    }
+                match &overlap {
+                    Some((start, backing)) => matches!(ctx.map(va(*start), backing, a), Err(MapError::AlreadyMapped { .. })),
                     None => true,
                 }
             }
-            4 => h.pt.unmap(&mut h.pool, &mut r, &mut g, &mut RegionLocked, va(s), 0) == Err(UnmapError::ZeroLength),
-            5 => h.pt.unmap(&mut h.pool, &mut r, &mut g, &mut RegionLocked, va(s), l + page / 2).is_err(),
-            6 => h.pt.protect(&mut h.pool, &mut r, &mut g, &mut RegionLocked, va(u64::MAX - page + 1), page, a) == Err(ProtectError::OutOfRange),
+            4 => ctx.unmap(va(s), 0) == Err(UnmapError::ZeroLength),
+            5 => ctx.unmap(va(s), l + page / 2).is_err(),
+            6 => ctx.protect(va(u64::MAX - page + 1), page, a) == Err(ProtectError::OutOfRange),
             7 => {
                 // Empty reserve: either the request needs nothing, or it is refused untouched.
-                let backing = random_backing(&mut rng, &fmt, l);
-                if h.is_free(s, l) && map_bound(&fmt, va(s), &backing).unwrap().total() > 0 {
-                    match h.pt.map(&mut h.pool, &mut r, &mut g, va(s), &backing, a) {
+                if free7 && map_bound(&fmt, va(s), &backing7).unwrap().total() > 0 {
+                    match ctx.map(va(s), &backing7, a) {
                         Err(MapError::ReservationExhausted { .. }) => true,
                         Ok(()) => {
                             // Needed nothing new against this state: not a rejection.
-                            let _ = g.invalidated();
+                            let _ = ctx.finish().forget();
                             return Ok(());
                         }
                         Err(e) => panic!("{e}"),
@@ -286,14 +289,15 @@ proptest! {
                     true
                 }
             }
-            _ => h.pt.map(&mut h.pool, &mut r, &mut g, va(s), &[Chunk::new(PhysAddr::new(1 << 48), page)], a) == Err(MapError::BadChunk { index: 0 }),
+            _ => ctx.map(va(s), &[Chunk::new(PhysAddr::new(1 << 48), page)], a) == Err(MapError::PaOutOfRange { index: 0 }),
         };
+        let g = ctx.finish();
         prop_assert!(rejected);
         prop_assert_eq!(reachable_tables(&h.pt, &h.pool), before);
         prop_assert_eq!(r.len(), r_len);
-        prop_assert!(g.flush_range().is_none() && g.touched().is_none() && g.retired_len() == 0);
+        prop_assert!(g.range().is_none() && g.changed().is_none() && g.retired_len() == 0);
         r.release(&mut h.pool).unwrap();
-        let _ = g.invalidated();
+        let _ = g.forget();
     }
 
     /// Lock regions: a naturally aligned power of two of at least 32 KiB that covers the

@@ -51,7 +51,8 @@ impl<K: Copy + Ord + Default, P, const N: usize> Branch<K, P, N> {
 
     /// The child whose key range holds `k`: the number of pivots `<= k`.
     pub(crate) fn child_index(&self, k: K) -> usize {
-        self.pivots().iter().take_while(|&&p| p <= k).count()
+        // A binary search compiled to conditional moves, like `Leaf::lower_bound`.
+        self.pivots().partition_point(|&p| p <= k)
     }
 
     pub(crate) fn child(&self, i: usize) -> Option<&P> {

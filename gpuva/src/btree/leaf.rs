@@ -63,9 +63,13 @@ impl<K: Copy + Ord + Default, V, T: Copy + Default, const N: usize> Leaf<K, V, T
 
     /// Index of the first key `>= k` (`len` if none).
     pub(crate) fn lower_bound(&self, k: K) -> usize {
-        // Linear: for up to 32 keys in two to eight lines this beats a binary search's
-        // unpredictable branches.
-        self.keys().iter().take_while(|&&x| x < k).count()
+        // A binary search that compiles to conditional moves: 4-5 steps, nothing mispredicts.
+        self.keys().partition_point(|&x| x < k)
+    }
+
+    /// The largest key, if any.
+    pub(crate) fn last_key(&self) -> Option<K> {
+        self.keys().last().copied()
     }
 
     /// Inserts an entry at `i`. A full leaf or `i > len` hands the entry back.

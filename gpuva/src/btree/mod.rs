@@ -12,12 +12,20 @@
 //!
 //! # Shape, and why nothing can push it
 //!
-//! Every leaf is at the same depth, and every node but the root is at least half full: inserts
-//! split a full node in two halves, removals borrow from or merge with a sibling. So the height is
-//! at most `1 + log_b(n / l)` for minimum fanout `b` and minimum leaf size `l`, for every request
-//! sequence; there is no randomness, no seed and no maintenance step. [`max_height`] turns a bound
-//! on the number of entries (from the VA space's geometry) into a bound on the height, which is
-//! what the reservation contract (see [`crate::reserve`]) is built on.
+//! Every leaf is at the same depth, and every node off the leftmost and rightmost paths is at least
+//! half full: inserts split a full node in two halves, removals borrow from or merge with a
+//! sibling. So the height is logarithmic in the number of entries for every request sequence;
+//! there is no randomness, no seed and no maintenance step. [`max_height`] turns a bound on the
+//! number of entries (from the VA space's geometry) into a bound on the height, which is what the
+//! reservation contract (see [`crate::reserve`]) is built on.
+//!
+//! # Edge splits
+//!
+//! A full node on the rightmost path receiving a new last entry (an ascending fill) keeps its
+//! entries and starts a new rightmost node with the new one; the leftmost path mirrors it for
+//! descending fills. Sequential fills so pack nodes completely instead of half; the two edge paths
+//! are exempt from the half-full rule (leaves hold at least one entry, branches two children), and
+//! [`max_height`] counts with that.
 //!
 //! # Worst case of each operation
 //!
@@ -57,23 +65,36 @@ use crate::node::{Body, Node, NodeBag, NodePtr};
 /// Levels a tree can ever have: enough for 2^64 entries at the smallest fanout used.
 pub(crate) const MAX_HEIGHT: usize = 20;
 
+/// The widest branch of any tree kind.
+const MAX_CHILDREN: usize = crate::node::BR64;
+
 /// The largest height a tree with at most `entries` entries can reach, given the minimum entries
-/// of a non-root leaf and the minimum children of a non-root branch.
+/// of a regular leaf and the minimum children of a regular branch.
 ///
-/// The smallest tree of height `h >= 2` has a root with two children, each the root of a
-/// smallest subtree: `2 * branch_min^(h - 2)` leaves of `leaf_min` entries.
+/// Nodes on the leftmost and rightmost paths are exempt from the half-full rule (see "Edge
+/// splits" in the module docs): their leaves hold at least one entry and their branches at least
+/// two children. The smallest tree of height `h` is then a root with two edge subtrees, where an
+/// edge subtree of height `k` is an edge subtree of height `k - 1` plus one smallest regular
+/// subtree of height `k - 1` (`leaf_min * branch_min^(k - 2)` entries).
 pub(crate) const fn max_height(entries: u128, leaf_min: u128, branch_min: u128) -> usize {
     if entries == 0 {
         return 0;
     }
+    // edge: entries in the smallest edge subtree of height h; regular: in the smallest regular
+    // subtree of height h; both start at h = 1.
     let mut h = 1;
-    // Entries in the smallest tree of height h + 1.
-    let mut smallest = 2 * leaf_min;
-    while smallest <= entries && h < MAX_HEIGHT {
+    let mut edge: u128 = 1;
+    let mut regular: u128 = leaf_min;
+    loop {
+        // The smallest whole tree of height h + 1: a root over two edge subtrees of height h.
+        let smallest = edge.saturating_mul(2);
+        if smallest > entries || h >= MAX_HEIGHT {
+            return h;
+        }
         h += 1;
-        smallest = smallest.saturating_mul(branch_min);
+        edge = edge.saturating_add(regular);
+        regular = regular.saturating_mul(branch_min);
     }
-    h
 }
 
 /// Nodes one insert may take from the spare cache: a split per level plus a new root.
@@ -110,6 +131,28 @@ impl Bump for u64 {
 impl Bump for (u64, u64) {
     fn bump(self) -> Option<Self> {
         Some((self.0, self.1.checked_add(1)?))
+    }
+}
+
+/// Whether a node lies on the leftmost and/or rightmost path of its tree.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Edge {
+    pub(crate) left: bool,
+    pub(crate) right: bool,
+}
+
+impl Edge {
+    const ROOT: Self = Self {
+        left: true,
+        right: true,
+    };
+
+    /// The edge flags of child `ci` of a branch with `len` children.
+    fn child(self, ci: usize, len: usize) -> Self {
+        Self {
+            left: self.left && ci == 0,
+            right: self.right && ci + 1 == len,
+        }
     }
 }
 
@@ -208,22 +251,51 @@ impl<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Tree<D, L, P, Kd> {
         c
     }
 
-    /// A cursor at the entry with the greatest key `<= k`, if any.
-    pub(crate) fn floor(&self, k: Kd::K) -> Option<Cursor<'_, D, L, P, Kd>> {
-        let mut c = self.seek(k);
-        if c.key() == Some(k) {
-            return Some(c);
+    /// The entry with the greatest key `<= k`, if any, in one descent (two when a stale pivot
+    /// routes `k` to a leaf whose keys all exceed it).
+    pub(crate) fn floor_entry(&self, k: Kd::K) -> Option<(Kd::K, &Kd::V, Kd::T)> {
+        let mut node = self.root.as_deref()?;
+        // The subtree holding the keys just below the routed path, for the fallback.
+        let mut left: Option<&Node<D, L, P>> = None;
+        loop {
+            if let Some(br) = Kd::branch(&node.body) {
+                let ci = br.child_index(k);
+                if ci > 0 {
+                    left = br.child(ci - 1).map(|c| &**c);
+                }
+                node = br.child(ci)?;
+                continue;
+            }
+            let leaf = Kd::leaf(&node.body)?;
+            let i = leaf.lower_bound(k);
+            if leaf.key(i) == Some(k) {
+                return Some((k, leaf.val(i)?, leaf.tag(i)));
+            }
+            if i > 0 {
+                return Some((leaf.key(i - 1)?, leaf.val(i - 1)?, leaf.tag(i - 1)));
+            }
+            // Every key here exceeds k: the floor is the largest key of the subtree to the left.
+            let mut n = left?;
+            while let Some(br) = Kd::branch(&n.body) {
+                n = br.child(br.len().checked_sub(1)?)?;
+            }
+            let leaf = Kd::leaf(&n.body)?;
+            let j = leaf.len().checked_sub(1)?;
+            return Some((leaf.key(j)?, leaf.val(j)?, leaf.tag(j)));
         }
-        c.prev().then_some(c)
     }
 
     /// The value and tag stored under exactly `k`.
     pub(crate) fn get(&self, k: Kd::K) -> Option<(&Kd::V, Kd::T)> {
-        let c = self.seek(k);
-        if c.key() == Some(k) {
-            c.get().map(|(_, v, t)| (v, t))
-        } else {
-            None
+        let mut node = self.root.as_deref()?;
+        loop {
+            if let Some(br) = Kd::branch(&node.body) {
+                node = br.child(br.child_index(k))?;
+                continue;
+            }
+            let leaf = Kd::leaf(&node.body)?;
+            let i = leaf.lower_bound(k);
+            return (leaf.key(i) == Some(k)).then(|| leaf.val(i).map(|v| (v, leaf.tag(i))))?;
         }
     }
 
@@ -312,7 +384,16 @@ impl<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Tree<D, L, P, Kd> {
         let Some(root) = self.root.as_mut() else {
             return Err(items);
         };
-        match insert_rec::<D, L, P, Kd>(root, self.height, route, &mut items, bump, spare) {
+        let r = insert_rec::<D, L, P, Kd>(
+            root,
+            self.height,
+            Edge::ROOT,
+            route,
+            &mut items,
+            bump,
+            spare,
+        );
+        match r {
             Err(()) => return Err(items),
             Ok(None) => {}
             Ok(Some((k, right))) => {
@@ -336,6 +417,56 @@ impl<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Tree<D, L, P, Kd> {
         }
         self.len += n;
         Ok(())
+    }
+
+    /// Runs `f` on the leaf where `route` belongs, letting it change that leaf (remove entries,
+    /// change them in place, ask for up to two entries to be inserted), then splits or rebalances
+    /// as needed: one descent for an operation that stays within one leaf. `f` may decline
+    /// (changing nothing), and then this returns `false`.
+    ///
+    /// Takes at most [`insert_nodes`]`(height)` nodes from `spare`; declines up front if `spare`
+    /// holds fewer.
+    pub(crate) fn local<F>(&mut self, route: Kd::K, f: F, spare: &mut NodeBag<D, L, P>) -> bool
+    where
+        F: FnOnce(&mut Kd::Lf, LeafCtx<Kd::K>) -> Local<Kd::K, KindItems<D, L, P, Kd>>,
+    {
+        if spare.len() < insert_nodes(self.height) {
+            return false;
+        }
+        // An empty tree has no leaf to work in: the general path creates the root if needed.
+        let Some(root) = self.root.as_mut() else {
+            return false;
+        };
+        let ctx = LeafCtx {
+            hi: None,
+            leftmost: true,
+        };
+        let mut f = Some(f);
+        let r = local_rec::<D, L, P, Kd, F>(root, self.height, route, ctx, &mut f, spare);
+        let Ok((done, _, split)) = r else {
+            debug_assert!(false, "local operation ran out of nodes");
+            return false;
+        };
+        if let Some((k, right)) = split {
+            if let Some(mut new_root) = take(spare, Kd::new_branch()) {
+                let old = self.root.take();
+                if let (Some(br), Some(old)) = (Kd::branch_mut(&mut new_root.body), old) {
+                    let first = br.push_first(old);
+                    let second = br.insert(1, k, right);
+                    debug_assert!(first.is_ok() && second.is_ok());
+                }
+                self.root = Some(new_root);
+                self.height += 1;
+            }
+        }
+        self.shrink_root(spare);
+        match done {
+            Some((removed, added)) => {
+                self.len = self.len + added - removed;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Removes the entry under `k`; merged-away nodes go to `spare`.
@@ -375,24 +506,32 @@ impl<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Tree<D, L, P, Kd> {
         self.shrink_root(spare);
     }
 
-    /// Moves every node to `out`, leaving the tree empty, and hands each entry to `each`.
-    /// Iterative: O(n) time, constant stack.
+    /// Moves every node to `out`, leaving the tree empty, and hands each entry to `each`, in key
+    /// order. Iterative: O(n) time, constant stack.
     pub(crate) fn clear(
         &mut self,
         out: &mut NodeBag<D, L, P>,
         mut each: impl FnMut(Kd::K, Kd::V, Kd::T),
     ) {
-        // `todo` chains the nodes still to empty through their free-list link.
+        // `todo` is a stack of the nodes still to empty, chained through their free-list link;
+        // a branch's children go on it last-first, so the leftmost comes off first and entries
+        // come out in key order.
         let mut todo: Option<P> = self.root.take();
         while let Some(mut n) = todo {
             todo = n.next.take();
             if let Some(br) = Kd::branch_mut(&mut n.body) {
-                br.take_children(|mut c| {
+                let mut kids: ArrayVec<P, MAX_CHILDREN> = ArrayVec::new();
+                br.take_children(|c| {
+                    // Cannot fail: a branch holds at most MAX_CHILDREN children.
+                    let pushed = kids.try_push(c);
+                    debug_assert!(pushed.is_ok(), "branch wider than MAX_CHILDREN");
+                });
+                while let Some(mut c) = kids.pop() {
                     c.next = todo.take();
                     todo = Some(c);
-                });
+                }
             } else if let Some(leaf) = Kd::leaf_mut(&mut n.body) {
-                while let Some((k, v, t)) = leaf.remove(leaf.len().wrapping_sub(1)) {
+                while let Some((k, v, t)) = leaf.remove(0) {
                     each(k, v, t);
                 }
             }
@@ -449,6 +588,7 @@ type Split<K, P> = Option<(K, P)>;
 fn insert_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
     node: &mut P,
     level: usize,
+    edge: Edge,
     route: Kd::K,
     items: &mut Items<Kd::K, Kd::V, Kd::T>,
     bump: Option<Kd::K>,
@@ -462,33 +602,31 @@ fn insert_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
                 br.set_pivot(ci, b);
             }
         }
+        let child_edge = edge.child(ci, br.len());
         let child = br.child_mut(ci).ok_or(())?;
-        let Some((k, right)) =
-            insert_rec::<D, L, P, Kd>(child, level - 1, route, items, bump, spare)?
+        let Some(split) =
+            insert_rec::<D, L, P, Kd>(child, level - 1, child_edge, route, items, bump, spare)?
         else {
             return Ok(None);
         };
-        if br.len() < <Kd::Br as BranchOps>::CAP {
-            let placed = br.insert(ci + 1, k, right);
-            debug_assert!(placed.is_ok());
-            return Ok(None);
-        }
-        // Full: split in halves, then place the new child in the half it belongs to.
-        let mut sib = take(spare, Kd::new_branch()).ok_or(())?;
-        let sb = Kd::branch_mut(&mut sib.body).ok_or(())?;
-        let at = <Kd::Br as BranchOps>::CAP / 2;
-        let up = br.split_off(at, sb).ok_or(())?;
-        let placed = if ci < at {
-            br.insert(ci + 1, k, right)
-        } else {
-            sb.insert(ci + 1 - at, k, right)
-        };
-        debug_assert!(placed.is_ok());
-        return Ok(Some((up, sib)));
+        return branch_place::<D, L, P, Kd>(br, ci, edge, split, spare);
     }
     let leaf = Kd::leaf_mut(&mut node.body).ok_or(())?;
     let first = items.first().map(|e| e.0).ok_or(())?;
     let pos = leaf.lower_bound(first);
+    leaf_insert::<D, L, P, Kd>(leaf, pos, edge, items, spare)
+}
+
+/// Inserts `items` at `pos` of `leaf`, splitting it if they do not fit: in halves, or, for an
+/// append to the rightmost leaf (a prepend to the leftmost), leaving the old leaf full and the
+/// new entries alone in the new one.
+fn leaf_insert<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
+    leaf: &mut Kd::Lf,
+    pos: usize,
+    edge: Edge,
+    items: &mut Items<Kd::K, Kd::V, Kd::T>,
+    spare: &mut NodeBag<D, L, P>,
+) -> Result<Split<Kd::K, P>, ()> {
     let n = items.len();
     let len = leaf.len();
     if len + n <= <Kd::Lf as LeafOps>::CAP {
@@ -503,7 +641,15 @@ fn insert_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
     // The left half ends with ceil(total / 2) entries, the right with the rest: both at least half
     // full because total > CAP.
     let total = len + n;
-    let left = total.div_ceil(2);
+    let left = if edge.right && pos == len {
+        // Appending at the right edge (ascending addresses): keep this leaf full.
+        len
+    } else if edge.left && pos == 0 {
+        // Prepending at the left edge (descending addresses): the new entries stay alone.
+        n
+    } else {
+        total.div_ceil(2)
+    };
     if pos + n <= left {
         leaf.move_tail(len - (total - left), sl);
         for (j, (k, v, t)) in items.drain(..).enumerate() {
@@ -532,6 +678,136 @@ fn insert_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
     }
     let up = sl.key(0).ok_or(())?;
     Ok(Some((up, sib)))
+}
+
+/// Places the right half of a split child `ci` next to it in `br`, splitting `br` if full: in
+/// halves, or at an edge (see [`leaf_insert`]) leaving two children in the new edge branch.
+fn branch_place<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
+    br: &mut Kd::Br,
+    ci: usize,
+    edge: Edge,
+    (k, right): (Kd::K, P),
+    spare: &mut NodeBag<D, L, P>,
+) -> Result<Split<Kd::K, P>, ()> {
+    if br.len() < <Kd::Br as BranchOps>::CAP {
+        let placed = br.insert(ci + 1, k, right);
+        debug_assert!(placed.is_ok());
+        return Ok(None);
+    }
+    // Full: split in halves, then place the new child in the half it belongs to.
+    let mut sib = take(spare, Kd::new_branch()).ok_or(())?;
+    let sb = Kd::branch_mut(&mut sib.body).ok_or(())?;
+    let cap = <Kd::Br as BranchOps>::CAP;
+    let at = if edge.right && ci + 1 == cap {
+        cap - 1
+    } else if edge.left && ci == 0 {
+        1
+    } else {
+        cap / 2
+    };
+    let up = br.split_off(at, sb).ok_or(())?;
+    let placed = if ci < at {
+        br.insert(ci + 1, k, right)
+    } else {
+        sb.insert(ci + 1 - at, k, right)
+    };
+    debug_assert!(placed.is_ok());
+    Ok(Some((up, sib)))
+}
+
+/// Where a leaf handler of [`Tree::local`] runs.
+pub(crate) struct LeafCtx<K> {
+    /// Keys to the right of this leaf are at least this (the leaf's exclusive upper bound);
+    /// `None` for the rightmost leaf.
+    pub(crate) hi: Option<K>,
+    /// Whether this is the leftmost leaf (no key anywhere below its first).
+    pub(crate) leftmost: bool,
+}
+
+/// What a leaf handler of [`Tree::local`] did.
+pub(crate) enum Local<K, I> {
+    /// Nothing: the operation does not fit in one leaf.
+    Declined,
+    /// It removed `removed` entries and wants `insert` placed at a position. `bump`: it moved a
+    /// key up, or inserts one, inside the gap to the successor of an existing key, so pivots
+    /// right of the path must be raised to at least `bump` (see "Pivots" above).
+    Done {
+        removed: usize,
+        insert: Option<(usize, I)>,
+        bump: Option<K>,
+    },
+}
+
+/// (removed, added) if done; the bump to apply above; a split to place above.
+type LocalResult<K, P> = Result<(Option<(usize, usize)>, Option<K>, Split<K, P>), ()>;
+
+fn local_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>, F>(
+    node: &mut P,
+    level: usize,
+    route: Kd::K,
+    ctx: LeafCtx<Kd::K>,
+    f: &mut Option<F>,
+    spare: &mut NodeBag<D, L, P>,
+) -> LocalResult<Kd::K, P>
+where
+    F: FnOnce(&mut Kd::Lf, LeafCtx<Kd::K>) -> Local<Kd::K, KindItems<D, L, P, Kd>>,
+{
+    if level > 1 {
+        let br = Kd::branch_mut(&mut node.body).ok_or(())?;
+        let ci = br.child_index(route);
+        let child_ctx = LeafCtx {
+            hi: if ci + 1 < br.len() {
+                br.pivot(ci)
+            } else {
+                ctx.hi
+            },
+            leftmost: ctx.leftmost && ci == 0,
+        };
+        let child = br.child_mut(ci).ok_or(())?;
+        let edge = Edge {
+            left: ctx.leftmost,
+            right: ctx.hi.is_none(),
+        };
+        let (done, bump, split) =
+            local_rec::<D, L, P, Kd, F>(child, level - 1, route, child_ctx, f, spare)?;
+        if let Some(b) = bump {
+            if ci + 1 < br.len() && br.pivot(ci).is_some_and(|p| p < b) {
+                br.set_pivot(ci, b);
+            }
+        }
+        if let Some(s) = split {
+            return Ok((
+                done,
+                bump,
+                branch_place::<D, L, P, Kd>(br, ci, edge, s, spare)?,
+            ));
+        }
+        if done.is_some_and(|(removed, _)| removed > 0) {
+            fix::<D, L, P, Kd>(br, ci, level - 1, spare);
+        }
+        return Ok((done, bump, None));
+    }
+    let leaf = Kd::leaf_mut(&mut node.body).ok_or(())?;
+    let f = f.take().ok_or(())?;
+    let edge = Edge {
+        left: ctx.leftmost,
+        right: ctx.hi.is_none(),
+    };
+    match f(leaf, ctx) {
+        Local::Declined => Ok((None, None, None)),
+        Local::Done {
+            removed,
+            insert,
+            bump,
+        } => match insert {
+            None => Ok((Some((removed, 0)), bump, None)),
+            Some((pos, mut items)) => {
+                let n = items.len();
+                let split = leaf_insert::<D, L, P, Kd>(leaf, pos, edge, &mut items, spare)?;
+                Ok((Some((removed, n)), bump, split))
+            }
+        },
+    }
 }
 
 fn remove_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
@@ -770,7 +1046,7 @@ impl<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>> Tree<D, L, P, Kd> {
             };
         };
         let mut count = 0;
-        check_rec::<D, L, P, Kd>(root, self.height, None, None, true, &mut count)?;
+        check_rec::<D, L, P, Kd>(root, self.height, None, None, Edge::ROOT, &mut count)?;
         if count != self.len {
             return Err("entry count differs from len");
         }
@@ -806,14 +1082,17 @@ fn check_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
     level: usize,
     lo: Option<Kd::K>,
     hi: Option<Kd::K>,
-    root: bool,
+    edge: Edge,
     count: &mut usize,
 ) -> Result<(), &'static str> {
+    // Nodes on the leftmost or rightmost path may be below half full (edge splits); the root
+    // lies on both.
+    let exempt = edge.left || edge.right;
     let in_bounds = |k: Kd::K| lo.is_none_or(|l| k >= l) && hi.is_none_or(|h| k < h);
     if level > 1 {
         let br = Kd::branch(&node.body).ok_or("branch expected")?;
         let n = br.len();
-        if n < 2 || (!root && n < <Kd::Br as BranchOps>::CAP / 2) {
+        if n < 2 || (!exempt && n < <Kd::Br as BranchOps>::CAP / 2) {
             return Err("underfull branch");
         }
         for i in 0..n {
@@ -830,13 +1109,13 @@ fn check_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
                 }
             }
             let c = br.child(i).ok_or("missing child")?;
-            check_rec::<D, L, P, Kd>(c, level - 1, clo, chi, false, count)?;
+            check_rec::<D, L, P, Kd>(c, level - 1, clo, chi, edge.child(i, n), count)?;
         }
         return Ok(());
     }
     let leaf = Kd::leaf(&node.body).ok_or("leaf expected at the bottom level")?;
     let n = leaf.len();
-    if n == 0 || (!root && n < <Kd::Lf as LeafOps>::CAP / 2) {
+    if n == 0 || (!exempt && n < <Kd::Lf as LeafOps>::CAP / 2) {
         return Err("underfull leaf");
     }
     let keys = leaf.keys();

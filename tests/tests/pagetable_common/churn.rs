@@ -7,9 +7,25 @@
 use std::collections::BTreeMap;
 
 use pagetable::{
-    map_bound, panthor_map_bound, panthor_unmap_bound, unmap_bound, Attrs, Chunk, Format, Gather,
-    PageTable, PhysAddr, RegionLocked, Reserve, VecPool, VirtAddr,
+    map_bound, panthor_map_bound, panthor_unmap_bound, unmap_bound, Attrs, Chunk, Flush, Format,
+    PageTable, PhysAddr, RegionLocked, Reserve, TlbInvalidate, VecPool, VirtAddr,
 };
+
+struct InstantTlb;
+
+impl TlbInvalidate for InstantTlb {
+    type Error = std::convert::Infallible;
+    fn invalidate(&mut self, _: std::ops::Range<u64>, _: bool) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+fn complete(f: Flush, pool: &mut VecPool) {
+    f.invalidate(&mut InstantTlb)
+        .unwrap()
+        .release(pool)
+        .unwrap();
+}
 
 /// Totals over a churn run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,7 +94,7 @@ pub fn churn(seed: u64, ops: u64, va_space: u64) -> Slack {
     // VA -> length of live buffers.
     let mut live: BTreeMap<u64, u64> = BTreeMap::new();
     let mut s = Slack::default();
-    let mut gather = Gather::new();
+    let mut gather = Flush::default();
     let free = |live: &BTreeMap<u64, u64>, at: u64, len: u64| {
         live.range(..at + len)
             .next_back()
@@ -125,15 +141,17 @@ pub fn churn(seed: u64, ops: u64, va_space: u64) -> Slack {
                 .total();
             let panthor = panthor_map_bound(&fmt, VirtAddr::new(at), len).unwrap();
             reserve.try_fill(&mut pool, ours).unwrap();
-            pt.map(
-                &mut pool,
-                &mut reserve,
-                &mut gather,
-                VirtAddr::new(at),
-                &backing,
-                Attrs::default(),
-            )
-            .unwrap();
+            let f = pt
+                .map(
+                    &mut pool,
+                    &mut reserve,
+                    RegionLocked,
+                    VirtAddr::new(at),
+                    &backing,
+                    Attrs::default(),
+                )
+                .unwrap();
+            gather.merge(&mut pool, f).unwrap();
             live.insert(at, len);
             (ours, panthor, true)
         } else {
@@ -155,15 +173,16 @@ pub fn churn(seed: u64, ops: u64, va_space: u64) -> Slack {
             let ours = unmap_bound(&fmt, VirtAddr::new(from), n).unwrap().total();
             let panthor = panthor_unmap_bound(&fmt, VirtAddr::new(from), n).unwrap();
             reserve.try_fill(&mut pool, ours).unwrap();
-            pt.unmap(
-                &mut pool,
-                &mut reserve,
-                &mut gather,
-                &mut RegionLocked,
-                VirtAddr::new(from),
-                n,
-            )
-            .unwrap();
+            let f = pt
+                .unmap(
+                    &mut pool,
+                    &mut reserve,
+                    RegionLocked,
+                    VirtAddr::new(from),
+                    n,
+                )
+                .unwrap();
+            gather.merge(&mut pool, f).unwrap();
             (ours, panthor, true)
         };
         if done {
@@ -174,12 +193,9 @@ pub fn churn(seed: u64, ops: u64, va_space: u64) -> Slack {
         }
         reserve.release(&mut pool).unwrap();
         if s.ops % 16 == 0 {
-            std::mem::take(&mut gather)
-                .invalidated()
-                .release(&mut pool)
-                .unwrap();
+            complete(std::mem::take(&mut gather), &mut pool);
         }
     }
-    gather.invalidated().release(&mut pool).unwrap();
+    complete(gather, &mut pool);
     s
 }

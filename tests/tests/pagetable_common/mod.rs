@@ -11,10 +11,28 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pagetable::{
-    map_bound, unmap_bound, Attrs, Chunk, Desc, Format, FrameAlloc, Gather, MapError, MemType,
-    PageTable, PhysAddr, Pte, RegionLocked, Reserve, Shareability, TableMemory, UnmapError,
-    VecPool, VirtAddr,
+    map_bound, unmap_bound, Attrs, Chunk, Desc, Flush, Format, FrameAlloc, Level, MapError,
+    MemType, PageTable, PhysAddr, RegionLocked, Reserve, Shareability, TableMemory, TlbInvalidate,
+    UnmapError, VecPool, VirtAddr,
 };
+
+/// A TLB whose invalidations complete at once.
+pub struct InstantTlb;
+
+impl TlbInvalidate for InstantTlb {
+    type Error = std::convert::Infallible;
+    fn invalidate(&mut self, _: std::ops::Range<u64>, _: bool) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+/// Invalidates `f` and releases its frames into `pool`.
+pub fn complete(f: Flush, pool: &mut VecPool) {
+    f.invalidate(&mut InstantTlb)
+        .unwrap()
+        .release(pool)
+        .unwrap();
+}
 
 pub const SZ_4K: u64 = 0x1000;
 pub const SZ_2M: u64 = 0x20_0000;
@@ -67,8 +85,8 @@ pub fn random_attrs(rng: &mut SeedRng) -> Attrs {
 pub fn random_backing(rng: &mut SeedRng, fmt: &Format, len: u64) -> Vec<Chunk> {
     let page = fmt.page_size();
     let block = fmt
-        .entry_size(2)
-        .min(fmt.largest_leaf().max(fmt.entry_size(2)));
+        .entry_size(Level::L2)
+        .min(fmt.largest_leaf().max(fmt.entry_size(Level::L2)));
     let mut out = Vec::new();
     let mut left = len;
     let contiguous_only = rng.chance(30);
@@ -105,20 +123,20 @@ pub fn random_backing(rng: &mut SeedRng, fmt: &Format, len: u64) -> Vec<Chunk> {
 pub fn reachable_tables<M: TableMemory>(
     pt: &PageTable,
     mem: &M,
-) -> Vec<(PhysAddr, u8, Vec<u64>, u32)> {
+) -> Vec<(PhysAddr, Level, Vec<u64>, u32)> {
     let fmt = *pt.format();
     let mut out = Vec::new();
     let mut stack = vec![(pt.root(), fmt.start_level())];
     while let Some((t, level)) = stack.pop() {
         let (e, m) = mem.frame(t).expect("reachable table resolves");
-        if level < 3 {
-            for raw in e {
-                if let Desc::Table { pa } = fmt.decode(level, Pte::from_raw(*raw)) {
-                    stack.push((pa, level + 1));
+        if let Some(next) = level.next() {
+            for pte in e {
+                if let Desc::Table { pa } = fmt.decode(level, *pte) {
+                    stack.push((pa, next));
                 }
             }
         }
-        out.push((t, level, e.to_vec(), m.live()));
+        out.push((t, level, e.iter().map(|p| p.as_raw()).collect(), m.live()));
     }
     out.sort_by_key(|x| x.0);
     out
@@ -133,8 +151,9 @@ pub struct Harness {
     /// page VA -> (page PA, attrs)
     pub model: BTreeMap<u64, (u64, Attrs)>,
     pub touched: BTreeSet<u64>,
-    pub gather: Gather,
-    pub pending: Vec<Gather>,
+    /// The current job's flush (every op's flush merged in).
+    pub gather: Flush,
+    pub pending: Vec<Flush>,
     /// Largest frame use seen in any single op, and the total bound reserved for it.
     pub used_total: u64,
     pub reserved_total: u64,
@@ -152,7 +171,7 @@ impl Harness {
             pt,
             model: BTreeMap::new(),
             touched: BTreeSet::new(),
-            gather: Gather::new(),
+            gather: Flush::default(),
             pending: Vec::new(),
             used_total: 0,
             reserved_total: 0,
@@ -185,14 +204,17 @@ impl Harness {
         let mut r = Reserve::new();
         r.try_fill(&mut self.pool, bound).unwrap();
         let free = self.is_free(start, len);
-        let res = self.pt.map(
-            &mut self.pool,
-            &mut r,
-            &mut self.gather,
-            va(start),
-            backing,
-            attrs,
-        );
+        let res = self
+            .pt
+            .map(
+                &mut self.pool,
+                &mut r,
+                RegionLocked,
+                va(start),
+                backing,
+                attrs,
+            )
+            .map(|f| self.gather.merge(&mut self.pool, f).unwrap());
         let used = bound - r.len() as u64;
         r.release(&mut self.pool).unwrap();
         match res {
@@ -236,14 +258,14 @@ impl Harness {
         if let Some((lo, hi)) = before {
             let f = self
                 .gather
-                .flush_range()
+                .range()
                 .expect("a mapped page changed but nothing to flush");
             assert!(
                 f.start <= lo && hi <= f.end,
                 "flush {f:x?} misses {lo:#x}..{hi:#x}"
             );
         }
-        if let Some(t) = self.gather.touched() {
+        if let Some(t) = self.gather.changed() {
             assert!(self.gather.lock_region().expect("lock region").covers(t));
         }
     }
@@ -261,15 +283,11 @@ impl Harness {
         let mut r = Reserve::new();
         r.try_fill(&mut self.pool, bound).unwrap();
         let span = self.mapped_span(start, len);
-        let res: Result<(), UnmapError> = self.pt.unmap(
-            &mut self.pool,
-            &mut r,
-            &mut self.gather,
-            &mut RegionLocked,
-            va(start),
-            len,
-        );
-        res.unwrap_or_else(|e| panic!("unmap {start:#x}+{len:#x}: {e}"));
+        let res: Result<Flush, UnmapError> =
+            self.pt
+                .unmap(&mut self.pool, &mut r, RegionLocked, va(start), len);
+        let f = res.unwrap_or_else(|e| panic!("unmap {start:#x}+{len:#x}: {e}"));
+        self.gather.merge(&mut self.pool, f).unwrap();
         self.check_flush_covers(span);
         let used = bound - r.len() as u64;
         r.release(&mut self.pool).unwrap();
@@ -297,17 +315,11 @@ impl Harness {
         let mut r = Reserve::new();
         r.try_fill(&mut self.pool, bound).unwrap();
         let span = self.mapped_span(start, len);
-        self.pt
-            .protect(
-                &mut self.pool,
-                &mut r,
-                &mut self.gather,
-                &mut RegionLocked,
-                va(start),
-                len,
-                attrs,
-            )
+        let f = self
+            .pt
+            .protect(&mut self.pool, &mut r, RegionLocked, va(start), len, attrs)
             .unwrap_or_else(|e| panic!("protect {start:#x}+{len:#x}: {e}"));
+        self.gather.merge(&mut self.pool, f).unwrap();
         self.check_flush_covers(span);
         let used = bound - r.len() as u64;
         r.release(&mut self.pool).unwrap();
@@ -331,7 +343,7 @@ impl Harness {
     pub fn complete_oldest(&mut self) {
         if !self.pending.is_empty() {
             let g = self.pending.remove(0);
-            g.invalidated().release(&mut self.pool).unwrap();
+            complete(g, &mut self.pool);
         }
     }
 
@@ -367,7 +379,7 @@ impl Harness {
     /// Frames held by the pool's users: reachable tables plus retired ones.
     pub fn frames_accounted(&self) -> usize {
         reachable_tables(&self.pt, &self.pool).len()
-            + self.pending.iter().map(Gather::retired_len).sum::<usize>()
+            + self.pending.iter().map(Flush::retired_len).sum::<usize>()
             + self.gather.retired_len()
     }
 

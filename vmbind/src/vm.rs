@@ -1,0 +1,932 @@
+//! [`Vm`]: one GPU VA space (VA tracker plus page tables) and the three stages of its bind jobs.
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+
+use gpuva::{BoxNode, Claim, GpuVm, LinkError, LinkPin, Mapping, ObjId, Request, SmVisitor};
+use gpuva::{OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped};
+use pagetable::{
+    job_bound_alloc, Attrs, BoundError, Chunk, Flush, FrameAlloc, JobOp, LockRegion, PageTable,
+    Reclaim, Reserve, TlbInvalidate, UpdateContext, UpdateHooks, VirtAddr,
+};
+
+use crate::job::{BindJob, BindOp, MapFlags, Mode, OpError};
+use crate::obj::{ObjRef, ObjectRegistry};
+use crate::JobError;
+
+/// The driver's MMU for one VM: TLB invalidation, the page-table writer's hooks, an optional
+/// lock region, and the fence-signalling annotations.
+///
+/// [`Vm::run`] calls, in order: [`Mmu::begin_signalling`], [`Mmu::lock`] (if the VM locks),
+/// the [`UpdateHooks`] while it writes, [`TlbInvalidate::invalidate`] once for the whole job
+/// (for panthor: `UNLOCK`/`FLUSH_MEM` and wait), then [`Mmu::end_signalling`]. None of them may
+/// allocate or wait on anything but bounded hardware polls.
+pub trait Mmu: TlbInvalidate + UpdateHooks {
+    /// Locks `region` against GPU access until the next invalidation (Mali `AS_COMMAND_LOCK`).
+    /// Called only if the VM was made with [`VmConfig::lock_region`]. The default does nothing.
+    fn lock(&mut self, region: LockRegion) {
+        let _ = region;
+    }
+
+    /// Entering the fence-signalling critical section (`dma_fence_begin_signalling`). Tests use
+    /// it to forbid allocation. The default does nothing.
+    fn begin_signalling(&mut self) {}
+
+    /// Leaving it (`dma_fence_end_signalling`). The default does nothing.
+    fn end_signalling(&mut self) {}
+}
+
+/// The completion a job signals at the end of its run stage (the scheduler's finished fence).
+///
+/// `signal` runs inside the signalling section: it must not allocate, block or drop anything
+/// that frees (dropping the fence itself happens in cleanup).
+pub trait JobFence {
+    /// Signals completion, with the job's error if it failed.
+    fn signal(&mut self, result: Result<(), JobError>);
+}
+
+impl JobFence for () {
+    fn signal(&mut self, _result: Result<(), JobError>) {}
+}
+
+/// Geometry and limits of a [`Vm`].
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// The page-table format; its page size is the VM page size every op must be aligned to.
+    pub format: pagetable::Format,
+    /// The VA range user binds may touch (inside the format's VA space).
+    pub va: Range<u64>,
+    /// The kernel cut-out inside `va` (empty for none).
+    pub cut_out: Range<u64>,
+    /// Most page-table frames reserved by prepared but not yet cleaned-up jobs; prepare says
+    /// [`PrepareError::Again`] past it.
+    pub frame_cap: u64,
+    /// Spare gpuva nodes cleanup keeps cached beyond what claims hold.
+    pub spare_nodes: usize,
+    /// Whether [`Vm::run`] locks the job's lock region ([`Mmu::lock`]) before writing.
+    pub lock_region: bool,
+}
+
+impl VmConfig {
+    /// A config over `va` with no cut-out, no frame cap worth mentioning, 64 spare nodes and no
+    /// lock region.
+    #[must_use]
+    pub fn new(format: pagetable::Format, va: Range<u64>) -> Self {
+        Self {
+            format,
+            va,
+            cut_out: 0..0,
+            frame_cap: u64::MAX,
+            spare_nodes: 64,
+            lock_region: false,
+        }
+    }
+}
+
+/// Why [`Vm::new`] failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NewError {
+    /// The VA geometry is unusable (see [`gpuva::NewError`]).
+    Va(gpuva::NewError),
+    /// The VA range ends beyond the page-table format's VA space.
+    OutsideFormat,
+    /// The root table could not be allocated.
+    Root(pagetable::NewError),
+}
+
+impl fmt::Display for NewError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Va(e) => write!(f, "bad VA geometry: {e}"),
+            Self::OutsideFormat => f.write_str("VA range beyond the page-table format"),
+            Self::Root(e) => write!(f, "root table: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for NewError {}
+
+/// Why [`Vm::prepare`] refused a job. Nothing anywhere changed.
+#[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PrepareError<E> {
+    /// Op `index` is invalid.
+    Op {
+        /// Index into [`BindJob::ops`].
+        index: usize,
+        /// Why.
+        error: OpError,
+    },
+    /// The object of op `index` could not be looked up.
+    Object {
+        /// Index into [`BindJob::ops`].
+        index: usize,
+        /// The registry's error.
+        error: E,
+    },
+    /// An object's backing is unusable for the page tables (a chunk misaligned or beyond the
+    /// output-address width).
+    Backing(BoundError),
+    /// Memory (gpuva nodes, table frames, job storage) could not be allocated.
+    NoMemory,
+    /// The VM's cap on page-table frames in flight would be exceeded: try again after cleanup.
+    Again,
+    /// The VM is unusable (a run stage failed); only jobs without maps are accepted.
+    Unusable,
+    /// An object link could not be obtained.
+    Link(LinkError),
+}
+
+impl<E: fmt::Display> fmt::Display for PrepareError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Op { index, error } => write!(f, "op {index}: {error}"),
+            Self::Object { index, error } => write!(f, "op {index}: object lookup: {error}"),
+            Self::Backing(e) => write!(f, "object backing: {e}"),
+            Self::NoMemory => f.write_str("out of memory"),
+            Self::Again => f.write_str("too many page-table frames in flight, try again"),
+            Self::Unusable => f.write_str("the VM is unusable"),
+            Self::Link(e) => write!(f, "object link: {e}"),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> core::error::Error for PrepareError<E> {}
+
+/// One validated op, with everything its run needs.
+#[derive(Clone, Debug)]
+enum Step {
+    Map {
+        mapping: Mapping,
+        attrs: Attrs,
+        /// Range of the job's backing array.
+        backing: Range<usize>,
+    },
+    Unmap {
+        va: u64,
+        len: u64,
+    },
+}
+
+/// Everything one job holds from prepare to cleanup.
+struct Held<R> {
+    vm: usize,
+    steps: Vec<Step>,
+    backing: Vec<Chunk>,
+    /// One reference per distinct object, dropped in cleanup.
+    refs: Vec<(ObjId, R)>,
+    pins: Vec<LinkPin>,
+    claim: Claim,
+    reserve: Reserve,
+    frames: u64,
+    lock: Option<LockRegion>,
+    span: Option<Range<u64>>,
+    mode: Mode,
+}
+
+impl<R> fmt::Debug for Held<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job")
+            .field("steps", &self.steps)
+            .field("objects", &self.refs.len())
+            .field("claim", &self.claim.nodes())
+            .field("frames", &self.frames)
+            .field("span", &self.span)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+/// A job that passed prepare: validated, its worst case reserved, its objects referenced and
+/// linked. Run it with [`Vm::run`] (or fail it with [`Vm::abort`]); dropping it instead leaks
+/// its reservation until the VM is dropped.
+#[must_use = "a prepared job holds a reservation: run it or abort it"]
+#[derive(Debug)]
+pub struct PreparedJob<R, F = ()> {
+    held: Held<R>,
+    fence: Option<F>,
+}
+
+impl<R, F> PreparedJob<R, F> {
+    /// Attaches the out-fence that [`Vm::run`] signals (after prepare, once nothing can fail).
+    pub fn arm(&mut self, fence: F) {
+        self.fence = Some(fence);
+    }
+
+    /// The hull of every VA range the job may change (ops' ranges, widened to the largest
+    /// page-table leaf at unaligned ends where blocks may be split); `None` for a job of
+    /// sync-only ops.
+    #[must_use]
+    pub fn span(&self) -> Option<Range<u64>> {
+        self.held.span.clone()
+    }
+
+    /// Async or sync.
+    #[must_use]
+    pub fn mode(&self) -> Mode {
+        self.held.mode
+    }
+
+    /// Page-table frames reserved.
+    #[must_use]
+    pub fn frames(&self) -> u64 {
+        self.held.frames
+    }
+
+    /// gpuva nodes claimed (after the links took theirs).
+    #[must_use]
+    pub fn claimed_nodes(&self) -> usize {
+        self.held.claim.nodes()
+    }
+}
+
+/// A job whose run stage is over (or that was aborted): its out-fence has been signalled, its
+/// retired memory waits for [`Vm::cleanup`] (or [`Vm::defer`]).
+#[must_use = "a finished job holds retired memory: clean it up or defer it"]
+#[derive(Debug)]
+pub struct DoneJob<R, F = ()> {
+    held: Held<R>,
+    fence: Option<F>,
+    reclaim: Option<Reclaim>,
+    /// A flush whose invalidation failed, retried by cleanup.
+    pending: Option<Flush>,
+    result: Result<(), JobError>,
+}
+
+impl<R, F> DoneJob<R, F> {
+    /// How the job ended.
+    ///
+    /// # Errors
+    ///
+    /// The [`JobError`] its out-fence carried.
+    pub fn result(&self) -> Result<(), JobError> {
+        self.result
+    }
+
+    /// Table frames the job retired (waiting for cleanup).
+    #[must_use]
+    pub fn retired_frames(&self) -> usize {
+        self.reclaim.as_ref().map_or(0, Reclaim::len)
+            + self.pending.as_ref().map_or(0, Flush::retired_len)
+    }
+
+    /// Frames left unused in the job's reservation.
+    #[must_use]
+    pub fn unused_frames(&self) -> usize {
+        self.held.reserve.len()
+    }
+
+    /// gpuva nodes left unused in the job's claim.
+    #[must_use]
+    pub fn unused_nodes(&self) -> usize {
+        self.held.claim.nodes()
+    }
+}
+
+/// The gpuva VA space of a [`Vm`]: no mapping payload, the object reference as link payload.
+pub type VaSpace<R> = GpuVm<(), BoxNode<(), R>, R>;
+
+/// One GPU VA space: the VA tracker and the page tables, kept in step by bind jobs.
+///
+/// * `R`: the driver's object reference ([`ObjRef`]);
+/// * `M`: the table-frame allocator ([`FrameAlloc`]);
+/// * `U`: the MMU ([`Mmu`]);
+/// * `F`: the jobs' out-fence ([`JobFence`]).
+///
+/// Locking is the caller's: every stage takes `&mut self` (the driver's VM lock; the run stage
+/// must take it from the signalling path, so it must never be held while allocating; prepare
+/// allocates its memory before touching the VM... see the crate docs for the exact split).
+pub struct Vm<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence = ()> {
+    va: VaSpace<R>,
+    pt: PageTable,
+    mem: M,
+    mmu: U,
+    config: VmConfig,
+    frames_in_flight: u64,
+    /// Finished jobs waiting for cleanup; prepare keeps `capacity >= len + outstanding`.
+    done: Vec<DoneJob<R, F>>,
+    /// Jobs prepared and not yet cleaned up or deferred.
+    outstanding: usize,
+    unusable: bool,
+}
+
+impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> fmt::Debug for Vm<R, M, U, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vm")
+            .field("va", &self.va)
+            .field("frames_in_flight", &self.frames_in_flight)
+            .field("deferred", &self.done.len())
+            .field("outstanding", &self.outstanding)
+            .field("unusable", &self.unusable)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The run-stage visitor: page tables first, then the VA tree, per step (panthor's order).
+struct Writer<'c, 'a, M: pagetable::TableMemory + ?Sized, H: UpdateHooks> {
+    ctx: &'c mut UpdateContext<'a, M, H>,
+    backing: &'c [Chunk],
+    attrs: Attrs,
+}
+
+/// A page-table operation failed in the run stage (impossible on prepared input).
+#[derive(Debug)]
+struct Fault;
+
+impl<M: pagetable::TableMemory + ?Sized, H: UpdateHooks> SmVisitor<()> for Writer<'_, '_, M, H> {
+    type Error = Fault;
+
+    fn step_map<'op>(&mut self, op: OpMap<'op, ()>) -> Result<OpMapped<'op>, Fault> {
+        let m = *op.mapping();
+        self.ctx
+            .map(VirtAddr::new(m.addr), self.backing, self.attrs)
+            .map_err(|_| Fault)?;
+        Ok(op.insert(()))
+    }
+
+    fn step_remap<'op>(&mut self, op: OpRemap<'op, ()>) -> Result<OpRemapped<'op>, Fault> {
+        // Even when `keep` says the translations would be equal, the hole is cleared and the
+        // map step writes it again: one code path, and the job's invalidation covers it.
+        let hole = op.hole();
+        self.ctx
+            .unmap(VirtAddr::new(hole.start), hole.end - hole.start)
+            .map_err(|_| Fault)?;
+        Ok(op.remap())
+    }
+
+    fn step_unmap<'op>(&mut self, op: OpUnmap<'op, ()>) -> Result<OpUnmapped<'op>, Fault> {
+        let va = op.va();
+        self.ctx
+            .unmap(VirtAddr::new(va.addr()), va.length())
+            .map_err(|_| Fault)?;
+        Ok(op.remove())
+    }
+}
+
+/// Copies `[offset, offset + len)` of `chunks` into `out`; returns the length copied.
+fn slice_backing(chunks: &[Chunk], offset: u64, len: u64, out: &mut Vec<Chunk>) -> Result<u64, ()> {
+    let (mut skip, mut left) = (offset, len);
+    for c in chunks {
+        if left == 0 {
+            break;
+        }
+        if skip >= c.len {
+            skip -= c.len;
+            continue;
+        }
+        let take = (c.len - skip).min(left);
+        out.try_reserve(1).map_err(|_| ())?;
+        #[expect(clippy::disallowed_methods, reason = "capacity reserved just above")]
+        out.push(Chunk::new(
+            pagetable::PhysAddr::new(c.pa.as_u64() + skip),
+            take,
+        ));
+        skip = 0;
+        left -= take;
+    }
+    Ok(len - left)
+}
+
+/// Widens `[a, b)` at each end not aligned to the format's largest leaf (a block split there
+/// rewrites the whole block).
+fn widen(fmt: &pagetable::Format, r: Range<u64>) -> Range<u64> {
+    let big = fmt.largest_leaf();
+    let lo = r.start & !(big - 1);
+    let hi = r.end.checked_next_multiple_of(big).unwrap_or(u64::MAX);
+    lo..hi.min(fmt.va_limit())
+}
+
+fn hull(a: Option<Range<u64>>, b: Range<u64>) -> Option<Range<u64>> {
+    Some(match a {
+        None => b,
+        Some(a) => a.start.min(b.start)..a.end.max(b.end),
+    })
+}
+
+fn try_push<T>(v: &mut Vec<T>, x: T) -> Result<(), T> {
+    if v.try_reserve(1).is_err() {
+        return Err(x);
+    }
+    #[expect(clippy::disallowed_methods, reason = "capacity reserved just above")]
+    v.push(x);
+    Ok(())
+}
+
+impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
+    /// A VM over `config`, its tables in `mem` (the root is allocated now), invalidated by
+    /// `mmu`.
+    ///
+    /// # Errors
+    ///
+    /// [`NewError`]: bad geometry, or the root table could not be allocated.
+    pub fn new(config: VmConfig, mut mem: M, mmu: U) -> Result<Self, NewError> {
+        let fmt = config.format;
+        if config.va.end > fmt.va_limit() {
+            return Err(NewError::OutsideFormat);
+        }
+        let va = GpuVm::with_granule(config.va.clone(), config.cut_out.clone(), fmt.page_size())
+            .map_err(NewError::Va)?;
+        let pt = PageTable::try_new(fmt, &mut mem).map_err(NewError::Root)?;
+        Ok(Self {
+            va,
+            pt,
+            mem,
+            mmu,
+            config,
+            frames_in_flight: 0,
+            done: Vec::new(),
+            outstanding: 0,
+            unusable: false,
+        })
+    }
+
+    /// The VA tracker (read-only: every change goes through jobs).
+    #[must_use]
+    pub fn va_space(&self) -> &VaSpace<R> {
+        &self.va
+    }
+
+    /// The page tables.
+    #[must_use]
+    pub fn page_table(&self) -> &PageTable {
+        &self.pt
+    }
+
+    /// The table memory.
+    #[must_use]
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// The MMU.
+    #[must_use]
+    pub fn mmu(&self) -> &U {
+        &self.mmu
+    }
+
+    /// The MMU, mutably (e.g. to make invalidations fail in tests).
+    pub fn mmu_mut(&mut self) -> &mut U {
+        &mut self.mmu
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// Page-table frames reserved by jobs not yet cleaned up.
+    #[must_use]
+    pub fn frames_in_flight(&self) -> u64 {
+        self.frames_in_flight
+    }
+
+    /// Finished jobs waiting in the deferred-cleanup list.
+    #[must_use]
+    pub fn deferred(&self) -> usize {
+        self.done.len()
+    }
+
+    /// Whether a run stage failed on this VM (its page tables may disagree with its VA
+    /// tracker): maps are refused from then on, unmaps still run.
+    #[must_use]
+    pub fn is_unusable(&self) -> bool {
+        self.unusable
+    }
+
+    /// Prepare (ioctl context, may allocate, may fail): validates every op, reserves the whole
+    /// job's worst case, references and links its objects. Runs the deferred cleanups first.
+    ///
+    /// Reserved: gpuva nodes for every op's request kind plus one link per distinct object;
+    /// page-table frames as [`pagetable::job_bound`] over the job's table operations (each map
+    /// op is an unmap of its range, clearing whatever was there, then the map).
+    ///
+    /// # Errors
+    ///
+    /// [`PrepareError`]; nothing has changed (VA tree, tables, frames, spare nodes, object
+    /// references, counters).
+    pub fn prepare<G: ObjectRegistry<Ref = R>>(
+        &mut self,
+        registry: &mut G,
+        job: &BindJob<'_>,
+    ) -> Result<PreparedJob<R, F>, PrepareError<G::Error>> {
+        self.cleanup_deferred();
+        let fmt = self.config.format;
+        let page = fmt.page_size();
+        let nomem = |_| PrepareError::NoMemory;
+
+        // 1. Validate every op against the VA space; look objects up (one reference each).
+        let mut refs: Vec<(ObjId, R)> = Vec::new();
+        let mut steps: Vec<Step> = Vec::new();
+        steps.try_reserve_exact(job.ops.len()).map_err(nomem)?;
+        let mut backing: Vec<Chunk> = Vec::new();
+        let mut need_nodes = 0usize;
+        let mut span: Option<Range<u64>> = None;
+        for (index, op) in job.ops.iter().enumerate() {
+            let bad = |error| PrepareError::Op { index, error };
+            match *op {
+                BindOp::Map {
+                    va,
+                    len,
+                    obj,
+                    offset,
+                    flags,
+                } => {
+                    if self.unusable {
+                        return Err(PrepareError::Unusable);
+                    }
+                    let r = self
+                        .va
+                        .check_range(va, len)
+                        .map_err(|e| bad(OpError::Range(e)))?;
+                    if offset & (page - 1) != 0 {
+                        return Err(bad(OpError::UnalignedOffset));
+                    }
+                    let pos = match refs.iter().position(|(o, _)| *o == obj) {
+                        Some(p) => p,
+                        None => {
+                            let got = registry
+                                .get(obj)
+                                .map_err(|error| PrepareError::Object { index, error })?;
+                            try_push(&mut refs, (obj, got)).map_err(|_| PrepareError::NoMemory)?;
+                            refs.len() - 1
+                        }
+                    };
+                    let o = &refs[pos].1;
+                    let size = o.size();
+                    if offset.checked_add(len).is_none_or(|end| end > size) {
+                        return Err(bad(OpError::ObjectBounds { size }));
+                    }
+                    let start = backing.len();
+                    let got = slice_backing(o.backing(), offset, len, &mut backing)
+                        .map_err(|()| PrepareError::NoMemory)?;
+                    if got != len {
+                        // The object's backing is shorter than its declared size.
+                        return Err(bad(OpError::ObjectBounds { size: offset + got }));
+                    }
+                    let mapping =
+                        Mapping::new(va, len, Some(obj), offset).with_flags(flags.va_flags());
+                    need_nodes += self.va.nodes_for(&Request::Map(mapping));
+                    span = hull(span, widen(&fmt, r));
+                    #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
+                    steps.push(Step::Map {
+                        mapping,
+                        attrs: MapFlags::attrs(flags),
+                        backing: start..backing.len(),
+                    });
+                }
+                BindOp::Unmap { va, len } => {
+                    let r = self
+                        .va
+                        .check_range(va, len)
+                        .map_err(|e| bad(OpError::Range(e)))?;
+                    need_nodes += self.va.nodes_for(&Request::Unmap { addr: va, len });
+                    span = hull(span, widen(&fmt, r));
+                    #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
+                    steps.push(Step::Unmap { va, len });
+                }
+                BindOp::SyncOnly => {}
+            }
+        }
+        need_nodes += self.va.link_nodes() * refs.len();
+
+        // 2. The page-table bound over the job's table operations.
+        let mut table_ops: Vec<JobOp<'_>> = Vec::new();
+        table_ops
+            .try_reserve_exact(2 * steps.len())
+            .map_err(nomem)?;
+        for s in &steps {
+            #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
+            match s {
+                Step::Map {
+                    mapping,
+                    backing: b,
+                    ..
+                } => {
+                    let va = VirtAddr::new(mapping.addr);
+                    table_ops.push(JobOp::Unmap {
+                        va,
+                        len: mapping.len,
+                    });
+                    table_ops.push(JobOp::Map {
+                        va,
+                        backing: backing.get(b.clone()).unwrap_or(&[]),
+                    });
+                }
+                Step::Unmap { va, len } => table_ops.push(JobOp::Unmap {
+                    va: VirtAddr::new(*va),
+                    len: *len,
+                }),
+            }
+        }
+        let frames = match job_bound_alloc(&fmt, &table_ops) {
+            Ok(c) => c.total(),
+            Err(BoundError::ScratchFull) => return Err(PrepareError::NoMemory),
+            Err(e) => return Err(PrepareError::Backing(e)),
+        };
+        let lock = if self.config.lock_region {
+            pagetable::job_lock_range(&fmt, &table_ops)
+                .map_err(PrepareError::Backing)?
+                .and_then(|r| LockRegion::covering(r).ok())
+        } else {
+            None
+        };
+        drop(table_ops);
+        if self
+            .frames_in_flight
+            .checked_add(frames)
+            .is_none_or(|n| n > self.config.frame_cap)
+        {
+            return Err(PrepareError::Again);
+        }
+        // A slot in the deferred-cleanup list, so that `defer` never allocates.
+        self.done.try_reserve(self.outstanding + 1).map_err(nomem)?;
+        let mut pins: Vec<LinkPin> = Vec::new();
+        pins.try_reserve_exact(refs.len()).map_err(nomem)?;
+
+        // 3. Reserve: frames, then nodes, then links; each failure undoes the ones before.
+        let mut reserve = Reserve::new();
+        reserve
+            .try_fill(&mut self.mem, frames)
+            .map_err(|_| PrepareError::NoMemory)?;
+        let spare_before = self.va.spare_nodes();
+        let claimed_before = self.va.claimed_nodes();
+        let mut claim = match self.va.reserve_boxed(need_nodes) {
+            Ok(c) => c,
+            Err(_) => {
+                let _ = reserve.release(&mut self.mem);
+                return Err(PrepareError::NoMemory);
+            }
+        };
+        for (obj, r) in &refs {
+            match self.va.link_obtain(*obj, &mut claim, || r.clone()) {
+                #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
+                Ok(pin) => pins.push(pin),
+                Err(e) => {
+                    for pin in pins.drain(..) {
+                        let _ = self.va.link_put(pin);
+                    }
+                    self.va.drain_zombies(|_, r| drop(r));
+                    let _ = self.va.release(claim);
+                    drop(self.va.trim(spare_before.saturating_sub(claimed_before)));
+                    let _ = reserve.release(&mut self.mem);
+                    return Err(PrepareError::Link(e));
+                }
+            }
+        }
+        self.frames_in_flight += frames;
+        self.outstanding += 1;
+        Ok(PreparedJob {
+            held: Held {
+                vm: self.va.id(),
+                steps,
+                backing,
+                refs,
+                pins,
+                claim,
+                reserve,
+                frames,
+                lock,
+                span,
+                mode: job.mode,
+            },
+            fence: None,
+        })
+    }
+
+    /// Run (the fence-signalling critical section): applies every op to the VA tree and the
+    /// page tables together, from the job's reservation only, with one TLB invalidation for the
+    /// whole job, then signals the out-fence. Allocates nothing, frees nothing.
+    ///
+    /// A step cannot fail on a job this VM prepared; if one did anyway (a broken
+    /// [`pagetable::TableMemory`]), the job stops there, the VM becomes unusable and the fence
+    /// carries [`JobError::Fault`]. A failed invalidation gives [`JobError::Tlb`] and leaves the
+    /// retired frames to cleanup, which retries it.
+    ///
+    /// # Errors
+    ///
+    /// The job, untouched, if another VM prepared it.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the job comes back by value: boxing it would allocate"
+    )]
+    pub fn run(&mut self, job: PreparedJob<R, F>) -> Result<DoneJob<R, F>, PreparedJob<R, F>> {
+        if job.held.vm != self.va.id() {
+            return Err(job);
+        }
+        let PreparedJob {
+            mut held,
+            mut fence,
+        } = job;
+        self.mmu.begin_signalling();
+        if let Some(region) = held.lock {
+            self.mmu.lock(region);
+        }
+        let mut result = Ok(());
+        let flush = {
+            let Held {
+                steps,
+                backing,
+                claim,
+                reserve,
+                ..
+            } = &mut held;
+            let mut ctx = self.pt.update(&mut self.mem, reserve, &mut self.mmu);
+            for s in steps.iter() {
+                let res = match s {
+                    Step::Map {
+                        mapping,
+                        attrs,
+                        backing: b,
+                    } => {
+                        let mut w = Writer {
+                            ctx: &mut ctx,
+                            backing: backing.get(b.clone()).unwrap_or(&[]),
+                            attrs: *attrs,
+                        };
+                        self.va.step(Request::Map(*mapping), claim, &mut w)
+                    }
+                    Step::Unmap { va, len } => {
+                        let mut w = Writer {
+                            ctx: &mut ctx,
+                            backing: &[],
+                            attrs: Attrs::default(),
+                        };
+                        self.va.step(
+                            Request::Unmap {
+                                addr: *va,
+                                len: *len,
+                            },
+                            claim,
+                            &mut w,
+                        )
+                    }
+                };
+                if res.is_err() {
+                    debug_assert!(false, "run step failed on prepared input: {res:?}");
+                    self.unusable = true;
+                    result = Err(JobError::Fault);
+                    break;
+                }
+            }
+            ctx.finish()
+        };
+        let (reclaim, pending) = match flush.invalidate(&mut self.mmu) {
+            Ok(r) => (Some(r), None),
+            Err(e) => {
+                if result.is_ok() {
+                    result = Err(JobError::Tlb);
+                }
+                (None, Some(e.flush))
+            }
+        };
+        if let Some(f) = fence.as_mut() {
+            f.signal(result);
+        }
+        self.mmu.end_signalling();
+        Ok(DoneJob {
+            held,
+            fence,
+            reclaim,
+            pending,
+            result,
+        })
+    }
+
+    /// Fails a prepared job without running it (an in-fence failed or timed out, the queue was
+    /// torn down): the VM is unchanged, the out-fence is signalled with `error`, and the
+    /// reservation goes to cleanup. Allocates nothing.
+    ///
+    /// # Errors
+    ///
+    /// The job, untouched, if another VM prepared it.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the job comes back by value: boxing it would allocate"
+    )]
+    pub fn abort(
+        &mut self,
+        job: PreparedJob<R, F>,
+        error: JobError,
+    ) -> Result<DoneJob<R, F>, PreparedJob<R, F>> {
+        if job.held.vm != self.va.id() {
+            return Err(job);
+        }
+        let PreparedJob { held, mut fence } = job;
+        self.mmu.begin_signalling();
+        if let Some(f) = fence.as_mut() {
+            f.signal(Err(error));
+        }
+        self.mmu.end_signalling();
+        Ok(DoneJob {
+            held,
+            fence,
+            reclaim: None,
+            pending: None,
+            result: Err(error),
+        })
+    }
+
+    /// Queues a finished job for cleanup on the next prepare-side call (or drop). Never
+    /// allocates: prepare reserved the slot. Callable from the signalling path.
+    pub fn defer(&mut self, done: DoneJob<R, F>) {
+        if done.held.vm != self.va.id() {
+            debug_assert!(false, "deferring another VM's job");
+            return;
+        }
+        self.outstanding = self.outstanding.saturating_sub(1);
+        debug_assert!(self.done.len() < self.done.capacity());
+        #[expect(clippy::disallowed_methods, reason = "prepare reserved this slot")]
+        self.done.push(done);
+    }
+
+    /// Cleanup (process context, after the job's invalidation completed): frees retired
+    /// tables, returns the unused reservation, gives the link pins back, drains links left
+    /// without mappings, drops the job's object references and its fence.
+    ///
+    /// # Errors
+    ///
+    /// The job, handed back, if its invalidation had failed and fails again (retry later).
+    #[expect(
+        clippy::result_large_err,
+        reason = "the job comes back by value: boxing it would allocate"
+    )]
+    pub fn cleanup(&mut self, done: DoneJob<R, F>) -> Result<(), DoneJob<R, F>> {
+        if done.held.vm != self.va.id() {
+            return Err(done);
+        }
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.finish(done).inspect_err(|_| self.outstanding += 1)
+    }
+
+    /// Runs every deferred cleanup (also done by prepare and on drop). Returns how many jobs
+    /// stay deferred because their invalidation still fails.
+    pub fn cleanup_deferred(&mut self) -> usize {
+        let mut stuck = 0;
+        let mut i = self.done.len();
+        while i > 0 {
+            i -= 1;
+            let d = self.done.swap_remove(i);
+            if let Err(d) = self.finish(d) {
+                #[expect(clippy::disallowed_methods, reason = "the slot was just freed")]
+                self.done.push(d);
+                stuck += 1;
+            }
+        }
+        stuck
+    }
+
+    #[expect(
+        clippy::result_large_err,
+        reason = "the job comes back by value: boxing it would allocate"
+    )]
+    fn finish(&mut self, mut done: DoneJob<R, F>) -> Result<(), DoneJob<R, F>> {
+        if let Some(flush) = done.pending.take() {
+            match flush.invalidate(&mut self.mmu) {
+                Ok(r) => done.reclaim = Some(r),
+                Err(e) => {
+                    done.pending = Some(e.flush);
+                    return Err(done);
+                }
+            }
+        }
+        let DoneJob {
+            mut held,
+            fence,
+            reclaim,
+            ..
+        } = done;
+        if let Some(mut r) = reclaim {
+            let res = r.release(&mut self.mem);
+            debug_assert!(res.is_ok(), "retired frame refused by its own pool");
+        }
+        let res = held.reserve.release(&mut self.mem);
+        debug_assert!(res.is_ok(), "reserved frame refused by its own pool");
+        let res = self.va.release(held.claim);
+        debug_assert!(res.is_ok());
+        for pin in held.pins.drain(..) {
+            let res = self.va.link_put(pin);
+            debug_assert!(res.is_ok());
+        }
+        self.va.drain_zombies(|_, r| drop(r));
+        drop(self.va.trim(self.config.spare_nodes));
+        self.frames_in_flight = self.frames_in_flight.saturating_sub(held.frames);
+        drop(fence);
+        drop(held.refs);
+        Ok(())
+    }
+}
+
+impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Drop for Vm<R, M, U, F> {
+    fn drop(&mut self) {
+        self.cleanup_deferred();
+        // Jobs whose invalidation never completed: their frames are given up, never reused.
+        for d in self.done.drain(..) {
+            if let Some(f) = d.pending {
+                let _ = f.forget();
+            }
+        }
+    }
+}
