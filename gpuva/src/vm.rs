@@ -25,7 +25,7 @@ use crate::va::{GpuVa, Mapping, VaFlags, VaVal};
 /// live mapping costs about 38-75 bytes depending on how full the leaves are (at least half off
 /// the tree's edges by construction; sequential fills pack them full); with object links every
 /// mapping with an object adds an object-index entry (16 bytes) and every object a link entry
-/// (33 bytes with `L = ()`). `GpuVm` itself is 256 bytes on 64-bit targets
+/// (29 bytes with `L = ()`). `GpuVm` itself is 256 bytes on 64-bit targets
 /// (`tests::gpuvm_is_small`). `BENCHMARKS.md` has the measured figures.
 ///
 /// # Locking
@@ -424,7 +424,7 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
         if let (true, Some(obj)) = (self.links_on, w.final_map().and_then(|m| m.obj)) {
             match self.links.get_mut(obj.get()) {
                 Some((rec, _)) => {
-                    rec.maps += 1;
+                    rec.add_map();
                     counted = Some(obj.get());
                 }
                 None => return Err(StepError::NoLink(obj)),
@@ -625,7 +625,7 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
         self.spare.append(&mut out);
         let zombies = &mut self.zombies;
         self.links.for_each_mut(|k, rec, state| {
-            rec.maps = 0;
+            rec.set_maps(0);
             queue_zombie(zombies, k, rec, state);
         });
         self.generation = self.generation.wrapping_add(1);
@@ -729,14 +729,14 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
             }
             if !is_new {
                 if let Some((rec, _)) = self.links.get_mut(key.0) {
-                    rec.maps += 1;
+                    rec.add_map();
                 }
             }
         }
         if let (Some(o), false) = (counted, new_inserted) {
             // The map step did not happen: give the count back.
             if let Some((rec, state)) = self.links.get_mut(o) {
-                rec.maps = rec.maps.saturating_sub(1);
+                rec.sub_map();
                 queue_zombie(&mut self.zombies, o, rec, state);
             }
         }
@@ -800,7 +800,7 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
                             break;
                         }
                     }
-                    if count != rec.maps {
+                    if count != rec.maps() {
                         return Err("link mapping count differs from the object index");
                     }
                 }
@@ -827,9 +827,9 @@ pub(crate) fn queue_zombie<L>(
     rec: &mut LinkRec<L>,
     state: &mut LinkState,
 ) {
-    if rec.maps == 0 && rec.pins == 0 && !state.queued() {
+    if rec.idle() && !state.queued() {
         state.set_queued(true);
-        rec.next_zombie = *head;
+        rec.set_next_zombie(*head);
         *head = key;
     }
 }
@@ -1123,7 +1123,7 @@ impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> RangeVisit<u64, VaVal<D>, VaFlags>
             let gone = self.objs.remove((o, k), &mut self.retired);
             debug_assert!(gone.is_some(), "object index lost a mapping");
             if let Some((rec, state)) = self.links.get_mut(o) {
-                rec.maps = rec.maps.saturating_sub(1);
+                rec.sub_map();
                 queue_zombie(self.zombies, o, rec, state);
             }
         }

@@ -6,8 +6,8 @@
 //! ```text
 //!                     [ branch: pivots p0 p1 .. ]            up to 32 children (24 for the
 //!                    /        |          \                   object index), at least half full
-//!         [leaf k k k ..] [leaf ..]  .. [leaf ..]            up to 16 entries (32 in the object
-//!                                                            index), at least half full
+//!         [leaf k k k ..] [leaf ..]  .. [leaf ..]            up to 16 entries (36 in the object
+//!                                                            index, 20 for links), at least half full
 //! ```
 //!
 //! # Shape, and why nothing can push it
