@@ -116,15 +116,19 @@ mod obj;
 #[cfg(feature = "alloc")]
 pub mod queue;
 #[cfg(feature = "alloc")]
+pub mod swsync;
+pub mod sync;
+#[cfg(feature = "alloc")]
 mod vm;
 
 pub use gpuva;
 pub use pagetable;
 
-pub use job::{BindJob, BindOp, MapFlags, Mode, OpError, SyncDesc, SyncKind};
+pub use job::{BindJob, BindOp, MapFlags, Mode, OpError, SyncDesc, SyncFlags, SyncKind};
 pub use obj::{ObjRef, ObjectRegistry};
+pub use sync::{Fence, JobFence, Point, SyncError, SyncTable, Syncobj};
 #[cfg(feature = "alloc")]
-pub use vm::{DoneJob, JobFence, Mmu, NewError, PrepareError, PreparedJob, VaSpace, Vm, VmConfig};
+pub use vm::{DoneJob, Mmu, NewError, PrepareError, PreparedJob, VaSpace, Vm, VmConfig};
 
 /// Why a job failed after prepare; carried by its out-fence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -140,6 +144,20 @@ pub enum JobError {
     InFence(i32),
     /// The job was cancelled (its queue or VM was torn down).
     Canceled,
+}
+
+impl JobError {
+    /// The negative errno-style code its out-fence carries (`-EIO` for a run-stage fault or a
+    /// failed invalidation, `-ETIMEDOUT`, the in-fence's own code, `-ECANCELED`).
+    #[must_use]
+    pub const fn errno(self) -> i32 {
+        match self {
+            Self::Fault | Self::Tlb => -5,
+            Self::Timeout => -110,
+            Self::InFence(e) => e,
+            Self::Canceled => -125,
+        }
+    }
 }
 
 impl fmt::Display for JobError {

@@ -13,6 +13,7 @@ use pagetable::{
 
 use crate::job::{BindJob, BindOp, MapFlags, Mode, OpError};
 use crate::obj::{ObjRef, ObjectRegistry};
+use crate::sync::JobFence;
 use crate::JobError;
 
 /// The driver's MMU for one VM: TLB invalidation, the page-table writer's hooks, an optional
@@ -35,19 +36,6 @@ pub trait Mmu: TlbInvalidate + UpdateHooks {
 
     /// Leaving it (`dma_fence_end_signalling`). The default does nothing.
     fn end_signalling(&mut self) {}
-}
-
-/// The completion a job signals at the end of its run stage (the scheduler's finished fence).
-///
-/// `signal` runs inside the signalling section: it must not allocate, block or drop anything
-/// that frees (dropping the fence itself happens in cleanup).
-pub trait JobFence {
-    /// Signals completion, with the job's error if it failed.
-    fn signal(&mut self, result: Result<(), JobError>);
-}
-
-impl JobFence for () {
-    fn signal(&mut self, _result: Result<(), JobError>) {}
 }
 
 /// Geometry and limits of a [`Vm`].
