@@ -54,7 +54,6 @@ pub enum Policy {
     RangeOrdered,
 }
 
-
 /// One resolved in-sync of a queued job.
 #[derive(Debug)]
 enum Wait<O: Syncobj> {
@@ -140,7 +139,10 @@ impl<R, O: Syncobj> Queued<R, O> {
 }
 
 /// A job and its waits, handed back by [`BindQueue::submit`].
-pub type Refused<R, O> = (PreparedJob<R, <O as Syncobj>::Fence>, Vec<<O as Syncobj>::Fence>);
+pub type Refused<R, O> = (
+    PreparedJob<R, <O as Syncobj>::Fence>,
+    Vec<<O as Syncobj>::Fence>,
+);
 
 /// A FIFO of prepared jobs waiting for their in-fences.
 ///
@@ -148,8 +150,13 @@ pub type Refused<R, O> = (PreparedJob<R, <O as Syncobj>::Fence>, Vec<<O as Synco
 /// default is the software implementation ([`SwSyncobj`], whose fence is [`SwFence`]).
 pub struct BindQueue<R, O: Syncobj = SwSyncobj> {
     jobs: VecDeque<Queued<R, O>>,
+    /// Waits of jobs that left the queue, dropped on the next submit or [`BindQueue::cleanup`]
+    /// (dropping a fence may free it: not in the worker). Capacity covers every queued job.
+    retired: Vec<Retired<O>>,
     timeout: u64,
 }
+
+type Retired<O> = (Vec<<O as Syncobj>::Fence>, Vec<Wait<O>>);
 
 impl<R, O: Syncobj> fmt::Debug for BindQueue<R, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -189,6 +196,7 @@ where
     pub fn with_timeout(timeout: u64) -> Self {
         Self {
             jobs: VecDeque::new(),
+            retired: Vec::new(),
             timeout,
         }
     }
@@ -230,7 +238,10 @@ where
         waits: Vec<O::Fence>,
         now: u64,
     ) -> Result<(), Refused<R, O>> {
-        if self.jobs.try_reserve(1).is_err() {
+        self.cleanup();
+        if self.jobs.try_reserve(1).is_err()
+            || self.retired.try_reserve(self.jobs.len() + 1).is_err()
+        {
             return Err((job, waits));
         }
         self.jobs.push_back(Queued {
@@ -291,10 +302,7 @@ where
                         p.failed += 1;
                     }
                     vm.defer(d);
-                    // The waits are dropped here: reference-count decrements of fences that
-                    // other holders keep alive (the syncobjs, the signallers); the queue
-                    // entry itself is freed in cleanup, with the VecDeque's storage reused.
-                    drop((fences, waits));
+                    self.retire(fences, waits);
                 }
                 Err(job) => {
                     // Another VM's job: it cannot make progress here; put it back and stop.
@@ -312,6 +320,25 @@ where
         p
     }
 
+    /// Keeps a finished job's waits for [`BindQueue::cleanup`]; never allocates (submit
+    /// reserved the slot).
+    fn retire(&mut self, fences: Vec<O::Fence>, waits: Vec<Wait<O>>) {
+        if fences.capacity() == 0 && waits.capacity() == 0 {
+            return;
+        }
+        debug_assert!(self.retired.len() < self.retired.capacity());
+        #[expect(clippy::disallowed_methods, reason = "submit reserved the slot")]
+        self.retired.push((fences, waits));
+    }
+
+    /// Drops the waits of jobs that left the queue (process context; also done by every
+    /// submit). Returns how many jobs' waits it dropped.
+    pub fn cleanup(&mut self) -> usize {
+        let n = self.retired.len();
+        self.retired.clear();
+        n
+    }
+
     /// Fails every queued job with [`JobError::Canceled`] (queue or VM teardown): VM
     /// unchanged, every out-fence signalled. Returns how many.
     pub fn cancel_all<M: FrameAlloc, U: Mmu>(&mut self, vm: &mut Vm<R, M, U, O::Fence>) -> usize {
@@ -320,6 +347,7 @@ where
             match vm.abort(q.job, JobError::Canceled) {
                 Ok(d) => {
                     vm.defer(d);
+                    self.retire(q.fences, q.waits);
                     n += 1;
                 }
                 Err(job) => {
@@ -617,7 +645,11 @@ impl<'a, R: ObjRef, M: FrameAlloc, U: Mmu, S: SyncTable> Submit<'a, R, M, U, S> 
     where
         S::Fence: JobFence,
     {
-        if queue.jobs.try_reserve(self.jobs.len()).is_err() {
+        queue.cleanup();
+        let n = self.jobs.len();
+        if queue.jobs.try_reserve(n).is_err()
+            || queue.retired.try_reserve(queue.jobs.len() + n).is_err()
+        {
             return Err(SubmitError::NoMemory);
         }
         // The point of no return.

@@ -253,7 +253,10 @@ impl Syncobj for SwSyncobj {
     fn publish(&self, point: u64, chain: Option<SwChain>, fence: &SwFence) {
         let mut head = self.0.head.borrow_mut();
         let Some(SwChain(node)) = chain.filter(|_| self.0.timeline) else {
-            debug_assert!(!self.0.timeline, "timeline point published without a chain node");
+            debug_assert!(
+                !self.0.timeline,
+                "timeline point published without a chain node"
+            );
             *head = Some(fence.clone());
             return;
         };
@@ -356,7 +359,9 @@ mod tests {
         let Point::Fence(p2) = t.find(2) else {
             panic!("point 2 resolves to the node of point 3")
         };
-        let Point::Fence(p5) = t.find(5) else { panic!() };
+        let Point::Fence(p5) = t.find(5) else {
+            panic!()
+        };
         let mut fs = fs;
         fs[2].signal(Ok(()));
         assert_eq!(p5.status(), None, "point 5 waits for points 1 and 3");
@@ -391,9 +396,18 @@ mod tests {
         assert!(matches!(b.find(0), Point::Fence(g) if g.ptr_eq(&f)));
         let t = SwSyncobj::try_new(true).unwrap();
         t.publish(1, Some(SwChain(SwFence::new())), &f);
-        let Point::Fence(mut node) = t.find(1) else { panic!() };
+        let Point::Fence(mut node) = t.find(1) else {
+            panic!()
+        };
         node.signal(Ok(()));
-        assert_eq!(node.status(), None, "a chain node completes only through its fence");
-        assert_eq!(Fence::status(&signalled(Err(JobError::Timeout))), Some(Err(-110)));
+        assert_eq!(
+            node.status(),
+            None,
+            "a chain node completes only through its fence"
+        );
+        assert_eq!(
+            Fence::status(&signalled(Err(JobError::Timeout))),
+            Some(Err(-110))
+        );
     }
 }
