@@ -2,7 +2,11 @@
 //! in-batch resolution, error propagation to out-fences, and failed submits that publish
 //! nothing.
 #![cfg(feature = "alloc")]
-#![allow(clippy::disallowed_methods, clippy::disallowed_macros)]
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_macros,
+    clippy::type_complexity
+)]
 
 mod common;
 
