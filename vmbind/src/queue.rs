@@ -1,6 +1,8 @@
-//! Software fences, bind queues and the ordering of synchronous binds (feature `alloc`).
+//! Bind queues, submit batches and the ordering of synchronous binds (feature `alloc`).
 //!
-//! A [`BindQueue`] holds prepared jobs in submission order. [`BindQueue::poll`], driven by a
+//! A [`Submit`] is one ioctl's batch: it prepares jobs and resolves their syncs fallibly, then
+//! publishes and queues them all once nothing can fail. A [`BindQueue`] holds prepared jobs in
+//! submission order. [`BindQueue::poll`], driven by a
 //! kernel worker or a simulator, runs the head job once every in-fence has signalled, fails it
 //! (VM unchanged, out-fence signalled with the error) when an in-fence signalled an error or its
 //! deadline passed, and stops at the first job that must keep waiting: FIFO per queue. Several
@@ -8,8 +10,9 @@
 //!
 //! # Synchronous binds
 //!
-//! A synchronous bind runs in the submitting thread. [`sync_may_run`] says whether it may run
-//! now, under the VM's [`Policy`]:
+//! A synchronous bind runs in the submitting thread ([`run_sync`], which polls the queues and
+//! blocks in a caller-supplied wait). [`sync_may_run`] says whether it may run now, under the
+//! VM's [`Policy`]:
 //!
 //! ```text
 //!   time ->
