@@ -1,8 +1,8 @@
-//! A gpuva defect found by the adversarial reservation test: after a dense fill (every
-//! VA-tree leaf full of one-page mappings that cannot merge), one map replacing 1024 of them
-//! leaves an underfull leaf (`check_invariants`). Contents stay correct (the reservation test
-//! checks them); the structural invariant does not hold. Ignored until gpuva fixes it: run with
-//! `cargo test -p vmbind --test gpuva_underfull -- --ignored`.
+//! Regression for a gpuva defect found by the adversarial reservation test: after a dense fill
+//! (every VA-tree leaf full of one-page mappings that cannot merge), one map replacing 1024 of
+//! them left an underfull leaf (`check_invariants`): a range walk emptied the only child of a
+//! branch, which then merged into its sibling carrying the empty leaf along. Fixed in gpuva by
+//! repairing the children at the seam of every branch merge or borrow.
 #![cfg(feature = "alloc")]
 #![allow(clippy::disallowed_methods, clippy::disallowed_macros)]
 
@@ -23,7 +23,6 @@ fn map(va: u64, len: u64, obj: u64, offset: u64) -> BindOp {
 }
 
 #[test]
-#[ignore = "gpuva defect: a map over ~1000 one-page mappings leaves an underfull leaf"]
 fn map_over_a_dense_range_keeps_gpuva_invariants() {
     let mut reg = Registry::new();
     let mut vm = new_vm();
