@@ -117,8 +117,12 @@ pub struct Expect {
 /// Test-only fault switches of the simulator itself (the MMU's are in [`crate::mmu::Faults`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WorldFaults {
-    /// Forget to update the model after unmaps (the checks must then report missing faults).
+    /// Forget to update the model after unmaps (the checks must then report unexpected faults).
     pub stale_model: bool,
+    /// Forget to update the model after maps (missing faults).
+    pub forget_maps: bool,
+    /// Record every mapped page one frame off (wrong data).
+    pub skew_model: bool,
     /// Release an object's pages when its handle closes, even while mapped.
     pub release_early: bool,
     /// GPU jobs complete without signalling their fence.
@@ -752,6 +756,10 @@ impl World {
                     offset,
                     flags,
                 } => {
+                    if self.faults.forget_maps {
+                        continue;
+                    }
+                    let skew = if self.faults.skew_model { FRAME } else { 0 };
                     // The object as the VM holds it (its link's reference): the handle may
                     // be closed already.
                     let linked = self.vms[vm]
@@ -771,7 +779,7 @@ impl World {
                                 Expect {
                                     bo: oid(obj),
                                     off: offset + p,
-                                    pa,
+                                    pa: pa + skew,
                                     ro: flags.read_only,
                                 },
                             );
