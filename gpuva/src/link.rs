@@ -64,20 +64,72 @@ impl LinkState {
     }
 }
 
-/// What the link tree stores per object.
+/// A `u64` stored as two `u32` halves, so that a record of them and a `u32` packs into 20
+/// bytes (align 4) instead of 24: 20 link entries fit one node instead of 17.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct U64Pair([u32; 2]);
+
+impl U64Pair {
+    pub(crate) fn get(self) -> u64 {
+        u64::from(self.0[0]) | (u64::from(self.0[1]) << 32)
+    }
+
+    pub(crate) fn new(v: u64) -> Self {
+        // The halves of v: truncation is the point.
+        #[expect(clippy::cast_possible_truncation, reason = "splitting into halves")]
+        Self([v as u32, (v >> 32) as u32])
+    }
+}
+
+/// What the link tree stores per object (20 bytes with `L = ()`).
 pub(crate) struct LinkRec<L> {
     /// Mappings of the object in this VA space.
-    pub(crate) maps: u64,
+    maps: U64Pair,
     /// Outstanding [`LinkPin`]s.
     pub(crate) pins: u32,
     /// Next zombie on the chain (raw object id; 0 ends it).
-    pub(crate) next_zombie: u64,
+    next_zombie: U64Pair,
     pub(crate) data: L,
 }
 
 impl<L> LinkRec<L> {
-    fn idle(&self) -> bool {
-        self.maps == 0 && self.pins == 0
+    pub(crate) fn new(pins: u32, data: L) -> Self {
+        Self {
+            maps: U64Pair::default(),
+            pins,
+            next_zombie: U64Pair::default(),
+            data,
+        }
+    }
+
+    pub(crate) fn idle(&self) -> bool {
+        self.maps() == 0 && self.pins == 0
+    }
+
+    /// Mappings of the object.
+    pub(crate) fn maps(&self) -> u64 {
+        self.maps.get()
+    }
+
+    pub(crate) fn set_maps(&mut self, n: u64) {
+        self.maps = U64Pair::new(n);
+    }
+
+    pub(crate) fn add_map(&mut self) {
+        self.set_maps(self.maps().saturating_add(1));
+    }
+
+    pub(crate) fn sub_map(&mut self) {
+        self.set_maps(self.maps().saturating_sub(1));
+    }
+
+    /// Takes the next-zombie link (leaving 0).
+    pub(crate) fn take_next_zombie(&mut self) -> u64 {
+        core::mem::take(&mut self.next_zombie).get()
+    }
+
+    pub(crate) fn set_next_zombie(&mut self, key: u64) {
+        self.next_zombie = U64Pair::new(key);
     }
 }
 
@@ -118,7 +170,7 @@ impl<'a, L> Link<'a, L> {
     /// How many mappings of the object the VA space holds.
     #[must_use]
     pub fn mappings(&self) -> u64 {
-        self.rec.maps
+        self.rec.maps()
     }
 
     /// Outstanding pins.
@@ -150,7 +202,7 @@ impl<L: fmt::Debug> fmt::Debug for Link<'_, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Link")
             .field("obj", &self.obj)
-            .field("mappings", &self.rec.maps)
+            .field("mappings", &self.rec.maps())
             .field("pins", &self.rec.pins)
             .field("external", &self.is_external())
             .field("evicted", &self.is_evicted())
@@ -197,12 +249,7 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
             if self.links.len() as u128 >= self.bounds.max_mappings {
                 return Err(LinkError::TooManyLinks);
             }
-            let rec = LinkRec {
-                maps: 0,
-                pins: 1,
-                next_zombie: 0,
-                data: make(),
-            };
+            let rec = LinkRec::new(1, make());
             let mut items = crate::btree::Items::new();
             items.push((key, rec, LinkState::default()));
             if self
@@ -337,7 +384,7 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
             let Some((rec, state)) = self.links.get_mut(key) else {
                 break;
             };
-            let next = core::mem::take(&mut rec.next_zombie);
+            let next = rec.take_next_zombie();
             state.set(LinkState::QUEUED, false);
             if rec.idle() {
                 if let Some((k, rec, _)) = self.links.remove(key, &mut self.spare) {

@@ -22,9 +22,9 @@ use crate::va::{VaFlags, VaVal};
 /// Entries in a mapping leaf.
 pub(crate) const VA_LEAF: usize = 16;
 /// Entries in an object-index leaf.
-pub(crate) const OBJ_LEAF: usize = 32;
+pub(crate) const OBJ_LEAF: usize = 36;
 /// Entries in a link leaf.
-pub(crate) const LINK_LEAF: usize = 16;
+pub(crate) const LINK_LEAF: usize = 20;
 /// Children of a branch keyed by `u64` (mappings, links).
 pub(crate) const BR64: usize = 32;
 /// Children of a branch keyed by `(object, address)` (the object index).

@@ -22,10 +22,11 @@ use crate::va::{GpuVa, Mapping, VaFlags, VaVal};
 /// # Memory
 ///
 /// Mappings are stored inline in leaves of up to 16 entries (36 bytes each with `D = ()`), so a
-/// live mapping costs about 50-75 bytes depending on how full the leaves are (at least half, by
-/// construction); with object links every mapping with an object adds an object-index entry
-/// (16 bytes) and every object a link entry (33 bytes with `L = ()`). `GpuVm` itself is a few
-/// hundred bytes (`tests::gpuvm_is_small`). `BENCHMARKS.md` has the measured figures.
+/// live mapping costs about 38-75 bytes depending on how full the leaves are (at least half off
+/// the tree's edges by construction; sequential fills pack them full); with object links every
+/// mapping with an object adds an object-index entry (16 bytes) and every object a link entry
+/// (29 bytes with `L = ()`). `GpuVm` itself is 256 bytes on 64-bit targets
+/// (`tests::gpuvm_is_small`). `BENCHMARKS.md` has the measured figures.
 ///
 /// # Locking
 ///
@@ -427,7 +428,7 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
         if let (true, Some(obj)) = (self.links_on, w.final_map().and_then(|m| m.obj)) {
             match self.links.get_mut(obj.get()) {
                 Some((rec, _)) => {
-                    rec.maps += 1;
+                    rec.add_map();
                     counted = Some(obj.get());
                 }
                 None => return Err(StepError::NoLink(obj)),
@@ -629,7 +630,7 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
         self.spare.append(&mut out);
         let zombies = &mut self.zombies;
         self.links.for_each_mut(|k, rec, state| {
-            rec.maps = 0;
+            rec.set_maps(0);
             queue_zombie(zombies, k, rec, state);
         });
         self.generation = self.generation.wrapping_add(1);
@@ -733,14 +734,14 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
             }
             if !is_new {
                 if let Some((rec, _)) = self.links.get_mut(key.0) {
-                    rec.maps += 1;
+                    rec.add_map();
                 }
             }
         }
         if let (Some(o), false) = (counted, new_inserted) {
             // The map step did not happen: give the count back.
             if let Some((rec, state)) = self.links.get_mut(o) {
-                rec.maps = rec.maps.saturating_sub(1);
+                rec.sub_map();
                 queue_zombie(&mut self.zombies, o, rec, state);
             }
         }
@@ -804,7 +805,7 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
                             break;
                         }
                     }
-                    if count != rec.maps {
+                    if count != rec.maps() {
                         return Err("link mapping count differs from the object index");
                     }
                 }
@@ -831,9 +832,9 @@ pub(crate) fn queue_zombie<L>(
     rec: &mut LinkRec<L>,
     state: &mut LinkState,
 ) {
-    if rec.maps == 0 && rec.pins == 0 && !state.queued() {
+    if rec.idle() && !state.queued() {
         state.set_queued(true);
-        rec.next_zombie = *head;
+        rec.set_next_zombie(*head);
         *head = key;
     }
 }
@@ -1128,7 +1129,7 @@ impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> RangeVisit<u64, VaVal<D>, VaFlags>
             let gone = self.objs.remove((o, k), &mut self.retired);
             debug_assert!(gone.is_some(), "object index lost a mapping");
             if let Some((rec, state)) = self.links.get_mut(o) {
-                rec.maps = rec.maps.saturating_sub(1);
+                rec.sub_map();
                 queue_zombie(self.zombies, o, rec, state);
             }
         }
@@ -1242,7 +1243,6 @@ mod tests {
                         Request::Map(Mapping::new(addr, len, obj, next() % 64))
                     };
                     let need = vm.nodes_for(&req) + vm.link_nodes();
-                    let taken = vm.nodes_taken();
                     let mut claim = vm.reserve_boxed(need).expect("memory");
                     let pin = match req {
                         Request::Map(m) if links => m
@@ -1257,7 +1257,6 @@ mod tests {
                         vm.nodes_taken() - before <= vm.nodes_for(&req) as u64,
                         "request {id} drew more than its bound"
                     );
-                    let _ = taken;
                     vm.release(claim).expect("own claim");
                     if let Some(p) = pin {
                         vm.link_put(p).expect("own pin");
@@ -1300,7 +1299,7 @@ mod tests {
     fn gpuvm_is_small() {
         let size = core::mem::size_of::<GpuVm<(), crate::RefNode<'static, ()>>>();
         if core::mem::size_of::<usize>() == 8 {
-            assert!(size <= 256, "GpuVm is {size} bytes");
+            assert_eq!(size, 256, "GpuVm is {size} bytes: update the docs' figure");
         }
     }
 }

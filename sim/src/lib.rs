@@ -1,7 +1,15 @@
 //! The user-space simulator behind the `vmsim` program.
 //!
-//! For now it replays VA traces (`vmsim ops`, [`ops`]; the format is `docs/trace-format.md` in the
-//! repository); the CSF-style GPU model is not written yet.
+//! A CSF-style GPU model ([`world`]: physical memory and objects in [`phys`], the MMU with its own
+//! decoder, TLB and walk cache in [`mmu`]) runs the built-in [`scenario`] and reports it
+//! ([`report`]); `vmsim ops` replays VA traces ([`ops`]; the format is `docs/trace-format.md` in
+//! the repository).
 
+pub mod alloc_count;
+pub mod mmu;
 pub mod ops;
+pub mod phys;
+pub mod report;
+pub mod scenario;
 pub mod trace;
+pub mod world;

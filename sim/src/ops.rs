@@ -310,7 +310,7 @@ impl BenchRun {
     }
 }
 
-/// Something that replays trace requests one at a time, as [`bench`] times them: gpuva through
+/// Something that replays trace requests one at a time, as [`time_run`] times them: gpuva through
 /// [`Driver`], or a peer (the benches' `BTreeMap` split tree).
 pub trait Replayer {
     /// Runs one request with everything a caller pays for it; returns the ops it produced (0 for

@@ -102,16 +102,28 @@ pub enum SyncKind {
     Timeline,
 }
 
+/// Flags of one sync descriptor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SyncFlags {
+    /// In-syncs only: a point with no fence yet is not an error; the job waits for the fence
+    /// to be submitted (`DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT`), then for the fence, and fails
+    /// with [`JobError::Timeout`](crate::JobError::Timeout) if neither happens in time.
+    /// Ignored on out-syncs.
+    pub wait_for_submit: bool,
+}
+
 /// One in- or out-sync of a job: a syncobj handle, its kind and a timeline point (the
-/// virtio-gpu / msm descriptor shape).
+/// virtio-gpu / msm descriptor shape), and flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SyncDesc {
     /// The syncobj handle (per-file in a driver).
     pub handle: u32,
     /// Binary or timeline.
     pub kind: SyncKind,
-    /// The timeline point (0 for binary syncobjs).
+    /// The timeline point (0 for binary syncobjs; 0 on a timeline means its current fence).
     pub point: u64,
+    /// Flags.
+    pub flags: SyncFlags,
 }
 
 impl SyncDesc {
@@ -122,6 +134,9 @@ impl SyncDesc {
             handle,
             kind: SyncKind::Binary,
             point: 0,
+            flags: SyncFlags {
+                wait_for_submit: false,
+            },
         }
     }
 
@@ -132,7 +147,18 @@ impl SyncDesc {
             handle,
             kind: SyncKind::Timeline,
             point,
+            flags: SyncFlags {
+                wait_for_submit: false,
+            },
         }
+    }
+
+    /// The same descriptor, waiting for the point to be submitted (see
+    /// [`SyncFlags::wait_for_submit`]).
+    #[must_use]
+    pub const fn wait_for_submit(mut self) -> Self {
+        self.flags.wait_for_submit = true;
+        self
     }
 }
 

@@ -40,9 +40,31 @@
 //!   owes exactly one TLB invalidation, done before the out-fence is signalled.
 //! * **cleanup** frees what the run retired, only after that invalidation completed.
 //!
-//! [`queue`] adds software fences, FIFO bind queues driven by `poll` (in-fences, errors,
-//! timeouts) and the two orderings of synchronous binds, `Fifo` and `RangeOrdered`, with the
-//! contract difference drawn on a timeline.
+//! [`queue`] adds FIFO bind queues driven by `poll` (in-fences, wait-for-submit points,
+//! errors, timeouts), [`queue::Submit`] (one ioctl's batch: sync resolution, in-batch points,
+//! publication after nothing can fail), [`queue::run_sync`] and the two orderings of
+//! synchronous binds, `Fifo` and `RangeOrdered`, with the contract difference drawn on a
+//! timeline. [`sync`] holds the traits a driver implements over its dma-fences and syncobjs;
+//! [`swsync`] a software implementation (binary and timeline syncobjs). `docs/vmbind.md` in the
+//! repository walks through all of it.
+//!
+//! # Changes since the first cut (for users of branch `vmbind-v1`)
+//!
+//! * `JobFence` moved to [`sync`] (still re-exported at the crate root, now also without
+//!   `alloc`). New: [`Fence`], [`Syncobj`], [`SyncTable`], [`Point`], [`SyncError`],
+//!   [`JobError::errno`], [`SyncFlags`].
+//! * [`SyncDesc`] has a new public field `flags` ([`SyncFlags`]); struct literals need it (or
+//!   `..Default::default()`); the constructors are unchanged, plus
+//!   [`SyncDesc::wait_for_submit`].
+//! * `queue::SwFence` now lives in [`swsync`] (re-exported from `queue`); it gained timeline
+//!   chain semantics, `try_new` and `ptr_eq`. New: `SwSyncobj`, `SwChain`, `SwSyncs`.
+//! * [`queue::BindQueue`] takes a second type parameter, the syncobj type (default
+//!   `SwSyncobj`, whose fence is `SwFence`): `BindQueue::new` still builds the software one;
+//!   `BindQueue::with_timeout` any other. `submit` is unchanged. New: `blocks`, `timeout`,
+//!   `cleanup` (drops the waits of finished jobs; also done by every submit), `cancel_all`.
+//! * New: [`queue::Submit`], [`queue::SubmitError`], [`queue::run_sync`].
+//! * Prepare finds distinct objects by sorting, so objects are looked up in ascending id order
+//!   (errors still name the first op that failed).
 //!
 //! # Examples
 //!
@@ -98,6 +120,56 @@
 //! # #[cfg(not(feature = "alloc"))] fn main() {}
 //! ```
 //!
+//! A driver's ioctl and worker over the software syncobjs: a batch of two jobs, the second
+//! waiting on a timeline point the first signals.
+//!
+//! ```
+//! # #[cfg(feature = "alloc")] fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # use pagetable::{Chunk, Format, PhysAddr, VecPool};
+//! # use vmbind::{BindJob, BindOp, MapFlags, Mmu, ObjRef, ObjectRegistry, Vm, VmConfig};
+//! # use gpuva::ObjId;
+//! # #[derive(Clone)] struct Bo([Chunk; 1]);
+//! # impl ObjRef for Bo { fn size(&self) -> u64 { self.0[0].len } fn backing(&self) -> &[Chunk] { &self.0 } }
+//! # struct Handles;
+//! # impl ObjectRegistry for Handles { type Ref = Bo; type Error = &'static str;
+//! #   fn get(&mut self, obj: ObjId) -> Result<Bo, &'static str> { Ok(Bo([Chunk::new(PhysAddr::new(obj.get() << 32), 0x10_0000)])) } }
+//! # struct NoAs;
+//! # impl pagetable::TlbInvalidate for NoAs { type Error = (); fn invalidate(&mut self, _: core::ops::Range<u64>, _: bool) -> Result<(), ()> { Ok(()) } }
+//! # impl pagetable::UpdateHooks for NoAs { fn break_before_make(&mut self, _: core::ops::Range<u64>) {} }
+//! # impl Mmu for NoAs {}
+//! use vmbind::queue::{BindQueue, Submit, SwFence, SwSyncs};
+//! use vmbind::{JobFence, Mode, SyncDesc};
+//!
+//! let fmt = Format::panthor(48)?;
+//! let pool = VecPool::new(fmt.granule(), PhysAddr::new(0x1_0000_0000))?;
+//! let mut vm: Vm<Bo, VecPool, NoAs, SwFence> =
+//!     Vm::new(VmConfig::new(fmt, 0x1000..1 << 47), pool, NoAs)?;
+//! let mut syncs = SwSyncs::new();
+//! let timeline = syncs.create(true)?;
+//! let mut queue = BindQueue::new(1_000); // timeout, in the caller's time units
+//! let bo = ObjId::new(3).ok_or("zero id")?;
+//!
+//! // ioctl: both jobs are prepared (everything fallible) before anything is published.
+//! let map = [BindOp::Map { va: 0x20_0000, len: 0x4000, obj: bo, offset: 0, flags: MapFlags::default() }];
+//! let unmap = [BindOp::Unmap { va: 0x20_0000, len: 0x1000 }];
+//! let (p1, p2) = ([SyncDesc::timeline(timeline, 1)], [SyncDesc::timeline(timeline, 2)]);
+//! let mut batch = Submit::new(&mut vm, &mut syncs);
+//! let first = batch.add(&mut Handles, &BindJob { ops: &map, in_syncs: &[], out_syncs: &p1, mode: Mode::Async })?;
+//! let second = batch.add(&mut Handles, &BindJob { ops: &unmap, in_syncs: &p1, out_syncs: &p2, mode: Mode::Async })?;
+//! batch.push(&mut queue, 0)?; // publishes points 1 and 2, queues both jobs
+//!
+//! // Worker (fence-signalling path): runs what is ready; allocates nothing.
+//! assert_eq!(queue.poll(&mut vm, 1).ran, 2);
+//! assert_eq!((first.status(), second.status()), (Some(Ok(())), Some(Ok(()))));
+//!
+//! // Cleanup worker (process context).
+//! vm.cleanup_deferred();
+//! queue.cleanup();
+//! assert_eq!(vm.va_space().len(), 1);
+//! # Ok(()) }
+//! # #[cfg(not(feature = "alloc"))] fn main() {}
+//! ```
+//!
 //! # Features
 //!
 //! `alloc` (default) enables the pipeline ([`Vm`] and its jobs hold their ops, backing slices
@@ -116,15 +188,19 @@ mod obj;
 #[cfg(feature = "alloc")]
 pub mod queue;
 #[cfg(feature = "alloc")]
+pub mod swsync;
+pub mod sync;
+#[cfg(feature = "alloc")]
 mod vm;
 
 pub use gpuva;
 pub use pagetable;
 
-pub use job::{BindJob, BindOp, MapFlags, Mode, OpError, SyncDesc, SyncKind};
+pub use job::{BindJob, BindOp, MapFlags, Mode, OpError, SyncDesc, SyncFlags, SyncKind};
 pub use obj::{ObjRef, ObjectRegistry};
+pub use sync::{Fence, JobFence, Point, SyncError, SyncTable, Syncobj};
 #[cfg(feature = "alloc")]
-pub use vm::{DoneJob, JobFence, Mmu, NewError, PrepareError, PreparedJob, VaSpace, Vm, VmConfig};
+pub use vm::{DoneJob, Mmu, NewError, PrepareError, PreparedJob, VaSpace, Vm, VmConfig};
 
 /// Why a job failed after prepare; carried by its out-fence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -140,6 +216,20 @@ pub enum JobError {
     InFence(i32),
     /// The job was cancelled (its queue or VM was torn down).
     Canceled,
+}
+
+impl JobError {
+    /// The negative errno-style code its out-fence carries (`-EIO` for a run-stage fault or a
+    /// failed invalidation, `-ETIMEDOUT`, the in-fence's own code, `-ECANCELED`).
+    #[must_use]
+    pub const fn errno(self) -> i32 {
+        match self {
+            Self::Fault | Self::Tlb => -5,
+            Self::Timeout => -110,
+            Self::InFence(e) => e,
+            Self::Canceled => -125,
+        }
+    }
 }
 
 impl fmt::Display for JobError {

@@ -13,6 +13,7 @@ use pagetable::{
 
 use crate::job::{BindJob, BindOp, MapFlags, Mode, OpError};
 use crate::obj::{ObjRef, ObjectRegistry};
+use crate::sync::JobFence;
 use crate::JobError;
 
 /// The driver's MMU for one VM: TLB invalidation, the page-table writer's hooks, an optional
@@ -35,19 +36,6 @@ pub trait Mmu: TlbInvalidate + UpdateHooks {
 
     /// Leaving it (`dma_fence_end_signalling`). The default does nothing.
     fn end_signalling(&mut self) {}
-}
-
-/// The completion a job signals at the end of its run stage (the scheduler's finished fence).
-///
-/// `signal` runs inside the signalling section: it must not allocate, block or drop anything
-/// that frees (dropping the fence itself happens in cleanup).
-pub trait JobFence {
-    /// Signals completion, with the job's error if it failed.
-    fn signal(&mut self, result: Result<(), JobError>);
-}
-
-impl JobFence for () {
-    fn signal(&mut self, _result: Result<(), JobError>) {}
 }
 
 /// Geometry and limits of a [`Vm`].
@@ -405,15 +393,6 @@ fn hull(a: Option<Range<u64>>, b: Range<u64>) -> Option<Range<u64>> {
     })
 }
 
-fn try_push<T>(v: &mut Vec<T>, x: T) -> Result<(), T> {
-    if v.try_reserve(1).is_err() {
-        return Err(x);
-    }
-    #[expect(clippy::disallowed_methods, reason = "capacity reserved just above")]
-    v.push(x);
-    Ok(())
-}
-
 impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
     /// A VM over `config`, its tables in `mem` (the root is allocated now), invalidated by
     /// `mmu`.
@@ -518,7 +497,24 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
         let nomem = |_| PrepareError::NoMemory;
 
         // 1. Validate every op against the VA space; look objects up (one reference each).
-        let mut refs: Vec<(ObjId, R)> = Vec::new();
+        // The distinct objects, sorted (O(n log n)); `slots[i]` gets the reference of `ids[i]`
+        // when the first op naming it is validated.
+        let mut ids: Vec<ObjId> = Vec::new();
+        ids.try_reserve_exact(job.ops.len()).map_err(nomem)?;
+        for op in job.ops {
+            if let BindOp::Map { obj, .. } = *op {
+                #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
+                ids.push(obj);
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let mut slots: Vec<Option<R>> = Vec::new();
+        slots.try_reserve_exact(ids.len()).map_err(nomem)?;
+        for _ in 0..ids.len() {
+            #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
+            slots.push(None);
+        }
         let mut steps: Vec<Step> = Vec::new();
         steps.try_reserve_exact(job.ops.len()).map_err(nomem)?;
         let mut backing: Vec<Chunk> = Vec::new();
@@ -544,17 +540,20 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
                     if offset & (page - 1) != 0 {
                         return Err(bad(OpError::UnalignedOffset));
                     }
-                    let pos = match refs.iter().position(|(o, _)| *o == obj) {
-                        Some(p) => p,
-                        None => {
-                            let got = registry
-                                .get(obj)
-                                .map_err(|error| PrepareError::Object { index, error })?;
-                            try_push(&mut refs, (obj, got)).map_err(|_| PrepareError::NoMemory)?;
-                            refs.len() - 1
-                        }
+                    let slot = ids
+                        .binary_search(&obj)
+                        .ok()
+                        .and_then(|i| slots.get_mut(i))
+                        .ok_or(PrepareError::NoMemory)?;
+                    if slot.is_none() {
+                        let got = registry
+                            .get(obj)
+                            .map_err(|error| PrepareError::Object { index, error })?;
+                        *slot = Some(got);
+                    }
+                    let Some(o) = slot.as_ref() else {
+                        return Err(PrepareError::NoMemory);
                     };
-                    let o = &refs[pos].1;
                     let size = o.size();
                     if offset.checked_add(len).is_none_or(|end| end > size) {
                         return Err(bad(OpError::ObjectBounds { size }));
@@ -588,6 +587,14 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
                     steps.push(Step::Unmap { va, len });
                 }
                 BindOp::SyncOnly => {}
+            }
+        }
+        let mut refs: Vec<(ObjId, R)> = Vec::new();
+        refs.try_reserve_exact(ids.len()).map_err(nomem)?;
+        for (obj, r) in ids.into_iter().zip(slots) {
+            if let Some(r) = r {
+                #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
+                refs.push((obj, r));
             }
         }
         need_nodes += self.va.link_nodes() * refs.len();

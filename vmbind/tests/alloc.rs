@@ -390,3 +390,226 @@ fn failing_kth_allocation_in_prepare_changes_nothing() {
     }
     assert_eq!(NET.with(Cell::get), net_start, "bytes leaked");
 }
+
+mod synced {
+    //! The same properties with sync objects: `poll` and `run` allocate nothing with in- and
+    //! out-syncs; a submit failing at its k-th allocation (the pipeline's own, or the driver's
+    //! fence/chain/lookup allocations, failed through the sync table) publishes nothing and
+    //! leaves everything as it was.
+    use super::*;
+    use vmbind::queue::{BindQueue, Submit, SwChain, SwFence, SwSyncobj, SwSyncs};
+    use vmbind::{SyncDesc, SyncError, SyncTable};
+
+    type SVm = AnyVm<SwFence>;
+
+    fn guarded() -> SVm {
+        let mut vm: SVm = new_vm_with();
+        vm.mmu_mut().on_begin = begin;
+        vm.mmu_mut().on_end = end;
+        vm
+    }
+
+    /// The software table with a countdown of its own: the driver's allocations fail through
+    /// the trait. The global allocator's injection is suspended inside (the software fences
+    /// are `Rc`s, which cannot fail gracefully).
+    struct Failing {
+        inner: SwSyncs,
+        fail_in: u64,
+    }
+
+    impl Failing {
+        fn tick(&mut self) -> Result<(), SyncError> {
+            match self.fail_in {
+                0 => Ok(()),
+                1 => {
+                    self.fail_in = 0;
+                    Err(SyncError::NoMemory)
+                }
+                n => {
+                    self.fail_in = n - 1;
+                    Ok(())
+                }
+            }
+        }
+        fn shielded<T>(&mut self, f: impl FnOnce(&mut SwSyncs) -> T) -> T {
+            let saved = FAIL_IN.with(|c| c.replace(0));
+            let r = f(&mut self.inner);
+            FAIL_IN.with(|c| c.set(saved));
+            r
+        }
+    }
+
+    impl SyncTable for Failing {
+        type Fence = SwFence;
+        type Syncobj = SwSyncobj;
+        fn lookup(&mut self, handle: u32) -> Result<SwSyncobj, SyncError> {
+            self.tick()?;
+            self.shielded(|s| s.lookup(handle))
+        }
+        fn new_fence(&mut self) -> Result<SwFence, SyncError> {
+            self.tick()?;
+            self.shielded(SwSyncs::new_fence)
+        }
+        fn alloc_chain(&mut self) -> Result<SwChain, SyncError> {
+            self.tick()?;
+            self.shielded(SwSyncs::alloc_chain)
+        }
+    }
+
+    #[test]
+    fn poll_and_run_allocate_nothing_with_syncs() {
+        let mut reg = Registry::new();
+        let mut vm = guarded();
+        let mut syncs = SwSyncs::new();
+        let t = syncs.create(true).unwrap();
+        let u = syncs.create(true).unwrap();
+        let b = syncs.create(false).unwrap();
+        let mut q = BindQueue::new(1000);
+        let mut rng = Rng(0x5EED);
+        let mut ran = 0;
+        for i in 1..=200u64 {
+            let ops = random_job(&mut rng, 5);
+            let future = rng.below(2) == 0;
+            let mut ins = if i > 1 {
+                vec![SyncDesc::timeline(t, i - 1)]
+            } else {
+                vec![]
+            };
+            if future {
+                // Published by the host only after the submit: materialised inside poll.
+                ins.push(SyncDesc::timeline(u, i).wait_for_submit());
+            }
+            let outs = [SyncDesc::timeline(t, i), SyncDesc::binary(b)];
+            let j = BindJob {
+                ops: &ops,
+                in_syncs: &ins,
+                out_syncs: &outs,
+                mode: vmbind::Mode::Async,
+            };
+            let mut s = Submit::new(&mut vm, &mut syncs);
+            s.add(&mut reg, &j).unwrap();
+            s.push(&mut q, i).unwrap();
+            if future && rng.below(3) != 0 {
+                syncs.get(u).unwrap().host_signal(i).unwrap();
+            }
+            let before = in_section();
+            begin();
+            ran += q.poll(&mut vm, i + rng.below(3)).ran;
+            end();
+            assert_eq!(
+                in_section(),
+                before,
+                "poll (waits, run, out-fences) allocated or freed"
+            );
+        }
+        syncs.get(u).unwrap().host_signal(1000).unwrap();
+        begin();
+        ran += q.poll(&mut vm, 10_000).ran;
+        end();
+        assert!(q.is_empty());
+        assert!(ran > 100, "jobs ran: {ran}");
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    struct SyncSnap {
+        t_last: u64,
+        t_chain: usize,
+        b_fence: bool,
+    }
+
+    fn sync_snap(s: &SwSyncs, t: u32, b: u32) -> SyncSnap {
+        SyncSnap {
+            t_last: s.get(t).unwrap().last_point(),
+            t_chain: s.get(t).unwrap().chain_len(),
+            b_fence: s.get(b).unwrap().fence().is_some(),
+        }
+    }
+
+    #[test]
+    fn failing_kth_allocation_in_submit_publishes_nothing() {
+        let net_start = NET.with(Cell::get);
+        {
+            let mut rng = Rng(0x5AB);
+            let (mut global_k, mut driver_k) = (0, 0);
+            for round in 0..6u64 {
+                let mut reg = Registry::new();
+                let mut vm = guarded();
+                let mut syncs = Failing {
+                    inner: SwSyncs::new(),
+                    fail_in: 0,
+                };
+                let t = syncs.inner.create(true).unwrap();
+                let b = syncs.inner.create(false).unwrap();
+                syncs.inner.get(t).unwrap().host_signal(1).unwrap();
+                let mut q = BindQueue::new(1000);
+                let jobs: Vec<Vec<BindOp>> = (0..3).map(|_| random_job(&mut rng, 4)).collect();
+                let ins = [SyncDesc::timeline(t, 1), SyncDesc::timeline(t, 2 + round)];
+                let outs = [SyncDesc::timeline(t, 2 + round), SyncDesc::binary(b)];
+                for driver in [false, true] {
+                    let mut k = 1;
+                    loop {
+                        let snap = (
+                            sync_snap(&syncs.inner, t, b),
+                            vm.frames_in_flight(),
+                            reg.live.get(),
+                            tree_pages(&vm),
+                            q.len(),
+                        );
+                        if driver {
+                            syncs.fail_in = k;
+                        } else {
+                            FAIL_IN.with(|f| f.set(k));
+                        }
+                        let r = (|| {
+                            let mut s = Submit::new(&mut vm, &mut syncs);
+                            for (n, ops) in jobs.iter().enumerate() {
+                                let j = BindJob {
+                                    ops,
+                                    in_syncs: if n == 0 { &ins[..1] } else { &ins },
+                                    out_syncs: if n == 0 { &outs[..] } else { &outs[1..] },
+                                    mode: vmbind::Mode::Async,
+                                };
+                                s.add(&mut reg, &j).map_err(|_| ())?;
+                            }
+                            s.push(&mut q, 0).map_err(|_| ())
+                        })();
+                        let missed =
+                            FAIL_IN.with(|f| f.replace(0)) + std::mem::take(&mut syncs.fail_in);
+                        vm.cleanup_deferred();
+                        if r.is_err() {
+                            assert_eq!(missed, 0, "failed without the injected failure");
+                            let now = (
+                                sync_snap(&syncs.inner, t, b),
+                                vm.frames_in_flight(),
+                                reg.live.get(),
+                                tree_pages(&vm),
+                                q.len(),
+                            );
+                            assert_eq!(now, snap, "k = {k} (driver: {driver}): state changed");
+                            k += 1;
+                        } else {
+                            assert!(missed > 0, "injected failure swallowed at k = {k}");
+                            assert_eq!(q.len(), 3);
+                            assert_eq!(syncs.inner.get(t).unwrap().last_point(), 2 + round);
+                            q.poll(&mut vm, 1);
+                            assert!(q.is_empty());
+                            vm.cleanup_deferred();
+                            q.cleanup();
+                            break;
+                        }
+                    }
+                    if driver {
+                        driver_k += k - 1;
+                    } else {
+                        global_k += k - 1;
+                    }
+                }
+            }
+            assert!(
+                global_k > 6 && driver_k > 6,
+                "submit reached allocations: {global_k}, {driver_k}"
+            );
+        }
+        assert_eq!(NET.with(Cell::get), net_start, "bytes leaked");
+    }
+}

@@ -6,8 +6,8 @@
 //! ```text
 //!                     [ branch: pivots p0 p1 .. ]            up to 32 children (24 for the
 //!                    /        |          \                   object index), at least half full
-//!         [leaf k k k ..] [leaf ..]  .. [leaf ..]            up to 16 entries (32 in the object
-//!                                                            index), at least half full
+//!         [leaf k k k ..] [leaf ..]  .. [leaf ..]            up to 16 entries (36 in the object
+//!                                                            index, 20 for links), at least half full
 //! ```
 //!
 //! # Shape, and why nothing can push it
@@ -951,7 +951,7 @@ fn fix<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
             return how;
         };
         if sib <= min {
-            merge::<D, L, P, Kd>(left, right, sep, child_level);
+            merge::<D, L, P, Kd>(left, right, sep, child_level, spare);
             if let Some((_, gone)) = br.remove(li + 1) {
                 spare.push(gone);
             }
@@ -961,7 +961,7 @@ fn fix<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
                 Fix::FromRight
             };
         }
-        match borrow::<D, L, P, Kd>(left, right, sep, child_level, from_left) {
+        match borrow::<D, L, P, Kd>(left, right, sep, child_level, from_left, spare) {
             Some(new_sep) => br.set_pivot(li, new_sep),
             None => return how,
         }
@@ -972,18 +972,25 @@ fn fix<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
 }
 
 /// Moves everything of `right` into `left`, with `sep` the pivot between them.
+///
+/// For branches, the children meeting at the seam may be underfull: a range walk can leave a
+/// branch whose only child it emptied (a node without siblings cannot be fixed in place). They
+/// are fixed here, down the seam.
 fn merge<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
     left: &mut P,
     right: &mut P,
     sep: Kd::K,
     level: usize,
+    spare: &mut NodeBag<D, L, P>,
 ) {
     if level > 1 {
         if let (Some(l), Some(r)) = (
             Kd::branch_mut(&mut left.body),
             Kd::branch_mut(&mut right.body),
         ) {
+            let seam = l.len();
             l.append(sep, r);
+            fix_seam::<D, L, P, Kd>(l, seam, level - 1, spare);
         }
     } else if let (Some(l), Some(r)) = (Kd::leaf_mut(&mut left.body), Kd::leaf_mut(&mut right.body))
     {
@@ -992,13 +999,15 @@ fn merge<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
 }
 
 /// Moves one entry (or child) across the pivot `sep` between `left` and `right`: from `left`'s
-/// end to `right`'s front when `to_right`, the other way otherwise. Returns the new pivot.
+/// end to `right`'s front when `to_right`, the other way otherwise. Returns the new pivot. For
+/// branches, fixes the children at the new seam (see [`merge`]).
 fn borrow<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
     left: &mut P,
     right: &mut P,
     sep: Kd::K,
     level: usize,
     to_right: bool,
+    spare: &mut NodeBag<D, L, P>,
 ) -> Option<Kd::K> {
     if level > 1 {
         let l = Kd::branch_mut(&mut left.body)?;
@@ -1006,10 +1015,13 @@ fn borrow<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
         if to_right {
             let (pk, c) = l.pop_back()?;
             r.insert_front(c, sep).ok()?;
+            fix_seam::<D, L, P, Kd>(r, 1, level - 1, spare);
             Some(pk)
         } else {
             let (c, rk) = r.remove_front()?;
             l.insert(l.len(), sep, c).ok()?;
+            let seam = l.len() - 1;
+            fix_seam::<D, L, P, Kd>(l, seam, level - 1, spare);
             Some(rk)
         }
     } else {
@@ -1023,6 +1035,30 @@ fn borrow<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
             let (k, v, t) = r.remove(0)?;
             l.insert(l.len(), k, v, t).ok()?;
             r.key(0)
+        }
+    }
+}
+
+/// Fixes the children on both sides of position `seam` of `br` (children `seam - 1` and `seam`),
+/// repeating while a merge leaves the merged node underfull.
+fn fix_seam<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
+    br: &mut Kd::Br,
+    seam: usize,
+    child_level: usize,
+    spare: &mut NodeBag<D, L, P>,
+) {
+    for start in [seam, seam.saturating_sub(1)] {
+        let mut i = start;
+        // Each round merges two children or ends: at most one round per child.
+        for _ in 0..<Kd::Br as BranchOps>::CAP {
+            if i >= br.len() {
+                break;
+            }
+            match fix::<D, L, P, Kd>(br, i, child_level, spare) {
+                Fix::Kept => break,
+                Fix::IntoLeft => i -= 1,
+                Fix::FromRight => {}
+            }
         }
     }
 }

@@ -180,8 +180,14 @@ fn random_sequences_match_the_model() {
                     assert_eq!(got, model.take(&k), "remove {k}");
                 }
                 8 => {
+                    // Mostly short walks; now and then one over a large part of the tree.
                     let lo = r.below(space * 4);
-                    let hi = lo + r.below(64);
+                    let hi = lo
+                        + if r.below(8) == 0 {
+                            r.below(space * 2)
+                        } else {
+                            r.below(64)
+                        };
                     let mut w = RemoveAll(Vec::new());
                     t.walk_range(lo, hi, &mut w, &mut spare);
                     let want: Vec<u64> = model.range(lo..hi).copied().collect();
@@ -312,4 +318,29 @@ fn range_walk_over_most_of_the_tree() {
     assert_eq!(w.0.len(), (30..59_000).filter(|k| k % 3 == 0).count());
     t.check().expect("invariants");
     assert_eq!(keys(&t).len(), t.len());
+}
+
+/// Regression: after an ascending fill (edge splits: full leaves), one walk removing a long run
+/// from the middle left an underfull leaf.
+#[test]
+fn range_walk_after_an_ascending_fill() {
+    for (n, lo, hi) in [
+        (3074u64, 640, 1664),
+        (3074, 0, 1024),
+        (3074, 2000, 3074),
+        (5000, 17, 4990),
+    ] {
+        let mut t = T::new();
+        let mut spare = NodeBag::new();
+        for k in 0..n {
+            insert(&mut t, &mut spare, k, &[k], None);
+        }
+        t.check().expect("invariants after the fill");
+        let mut w = RemoveAll(Vec::new());
+        t.walk_range(lo, hi, &mut w, &mut spare);
+        assert_eq!(w.0.len() as u64, hi - lo);
+        if let Err(e) = t.check() {
+            panic!("n {n}, removing {lo}..{hi}: {e}");
+        }
+    }
 }

@@ -4,18 +4,49 @@ use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-/// User-space simulator for GPU VA management.
+#[global_allocator]
+static ALLOC: sim::alloc_count::Counting = sim::alloc_count::Counting;
+
+/// A CSF-style GPU simulator over gpuva, pagetable and vmbind. Without a subcommand it runs the
+/// built-in scenario and prints its report (exit code 1 if any hazard was found).
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Knobs of the built-in scenario.
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    /// Seed of every random choice (same seed, same report apart from wall-clock figures).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Frames to simulate (4 ms of simulated time each).
+    #[arg(long, default_value_t = 600)]
+    frames: u32,
+    /// Churn VMs besides the game and the compositor.
+    #[arg(long, default_value_t = 2)]
+    churn_vms: usize,
+    /// Physical memory in MiB (smaller means more eviction).
+    #[arg(long, default_value_t = 160)]
+    mem_mib: u64,
+    /// GPU address-space slots (fewer than VMs forces LRU eviction).
+    #[arg(long, default_value_t = 3)]
+    slots: usize,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the built-in scenario (the default) and print its report.
+    Run(RunArgs),
     /// Replay a VA trace (format v1) and print the split/merge ops and the final state.
     Ops {
         /// Trace file; `-` or nothing reads standard input.
@@ -49,14 +80,45 @@ fn read_input(file: Option<&PathBuf>) -> Result<String, String> {
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn scenario(a: &RunArgs) -> Result<bool, String> {
+    let p = sim::scenario::Params {
+        seed: a.seed,
+        frames: a.frames,
+        churn_vms: a.churn_vms,
+        mem_mib: a.mem_mib,
+        slots: a.slots,
+        ..sim::scenario::Params::default()
+    };
+    let mut s = sim::scenario::Scenario::new(p.clone()).map_err(|e| e.to_string())?;
+    s.run(|_, _| {}).map_err(|e| e.to_string())?;
+    let r = sim::report::Report::new(&s, &p);
+    let out = if a.json {
+        serde_json::to_string_pretty(&r).map_err(|e| e.to_string())? + "\n"
+    } else {
+        r.text()
+    };
+    write_out(&out)?;
+    Ok(r.passed())
+}
+
+fn write_out(s: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(s.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("stdout: {e}"))
+}
+
+fn run(cli: Cli) -> Result<bool, String> {
     match cli.command {
-        Command::Ops {
+        None => scenario(&cli.run),
+        Some(Command::Run(a)) => scenario(&a),
+        Some(Command::Ops {
             file,
             bench,
             bench_repeat,
             no_links,
-        } => {
+        }) => {
             let links = if no_links {
                 sim::ops::Links::Off
             } else {
@@ -72,20 +134,21 @@ fn run(cli: Cli) -> Result<(), String> {
                 let run =
                     sim::ops::bench(&trace, repeat, links).map_err(|e| format!("{name}: {e}"))?;
                 let label = if no_links { " links off" } else { "" };
-                println!("{}{label}", run.line());
+                write_out(&format!("{}{label}\n", run.line()))?;
             } else {
                 let out =
                     sim::ops::replay_with(&trace, links).map_err(|e| format!("{name}: {e}"))?;
-                print!("{out}");
+                write_out(&out)?;
             }
-            Ok(())
+            Ok(true)
         }
     }
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("vmsim: {e}");
             ExitCode::FAILURE

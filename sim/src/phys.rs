@@ -1,0 +1,319 @@
+//! Physical memory: 4 KiB frames, each free, a page-table frame of one VM, or a data page of one
+//! buffer object; allocation of physically contiguous, naturally aligned runs (so objects can
+//! be backed by 2 MiB blocks, 64 KiB chunks or scattered pages), and the data words GPU jobs
+//! write.
+
+use std::collections::{BTreeMap, HashMap};
+
+use pagetable::{
+    AllocError, FrameAlloc, FrameMeta, FreeError, Granule, PhysAddr, Pte, TableMemory,
+};
+
+/// Bytes per frame.
+pub const FRAME: u64 = 4096;
+/// Frames per 2 MiB region (the allocator's unit of contiguity bookkeeping).
+const REGION: usize = 512;
+
+/// What a frame holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// Nobody.
+    Free,
+    /// A page-table frame of VM `vm`.
+    Table {
+        /// The VM.
+        vm: u32,
+    },
+    /// A data page of buffer object `bo`.
+    Data {
+        /// The buffer object.
+        bo: u32,
+    },
+}
+
+/// Counters of the physical allocator.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PhysStats {
+    /// Frames in use now.
+    pub in_use: u64,
+    /// Most frames in use at once.
+    pub peak: u64,
+    /// Runs of 512 frames (2 MiB) handed out.
+    pub runs_2m: u64,
+    /// Runs of 16 frames (64 KiB) handed out.
+    pub runs_64k: u64,
+    /// Single frames handed out.
+    pub runs_4k: u64,
+    /// Requests that could not be met.
+    pub failures: u64,
+}
+
+/// Physical memory of `frames` 4 KiB frames starting at `base`.
+#[derive(Debug)]
+pub struct Phys {
+    base: u64,
+    owner: Vec<Owner>,
+    /// Bumped every time a frame is handed out: a cached table address of an older generation
+    /// points at memory that was freed (and maybe reused) since.
+    gen: Vec<u32>,
+    /// Whether a table frame had entries written (reported by the writer's hooks).
+    written: Vec<bool>,
+    free_in_region: Vec<u32>,
+    /// Data words written by GPU jobs, by physical address (8-byte aligned).
+    data: BTreeMap<u64, u64>,
+    /// Counters.
+    pub stats: PhysStats,
+}
+
+impl Phys {
+    /// `frames` frames (a multiple of 512) at `base` (2 MiB aligned).
+    #[must_use]
+    pub fn new(base: u64, frames: usize) -> Self {
+        let frames = frames.next_multiple_of(REGION);
+        Self {
+            base,
+            owner: vec![Owner::Free; frames],
+            gen: vec![0; frames],
+            written: vec![false; frames],
+            free_in_region: vec![u32::try_from(REGION).unwrap_or(512); frames / REGION],
+            data: BTreeMap::new(),
+            stats: PhysStats::default(),
+        }
+    }
+
+    /// Total frames.
+    #[must_use]
+    pub fn frames(&self) -> usize {
+        self.owner.len()
+    }
+
+    /// Free frames.
+    #[must_use]
+    pub fn free_frames(&self) -> u64 {
+        self.frames() as u64 - self.stats.in_use
+    }
+
+    fn index(&self, pa: u64) -> Option<usize> {
+        let off = pa.checked_sub(self.base)?;
+        let i = usize::try_from(off / FRAME).ok()?;
+        (i < self.owner.len()).then_some(i)
+    }
+
+    /// Who owns the frame holding `pa`, and its generation (`None` outside memory).
+    #[must_use]
+    pub fn owner(&self, pa: u64) -> Option<(Owner, u32)> {
+        let i = self.index(pa)?;
+        Some((self.owner[i], self.gen[i]))
+    }
+
+    /// Allocates `n` (1, 16 or 512) contiguous frames aligned to `n` frames for `owner`;
+    /// returns the first frame's address.
+    pub fn alloc_run(&mut self, n: usize, owner: Owner) -> Option<u64> {
+        let regions = self.free_in_region.len();
+        let need = u32::try_from(n).unwrap_or(u32::MAX);
+        // Single frames prefer partly used regions, so that whole 2 MiB regions stay free.
+        let mut best: Option<usize> = None;
+        for r in 0..regions {
+            let free = self.free_in_region[r];
+            if free < need {
+                continue;
+            }
+            let whole = usize::try_from(free).is_ok_and(|f| f == REGION);
+            if n == REGION {
+                best = Some(r);
+                break;
+            }
+            if whole {
+                best = best.or(Some(r));
+                continue;
+            }
+            if let Some(start) = self.find_in_region(r, n) {
+                return Some(self.take(start, n, owner));
+            }
+        }
+        let r = match best {
+            Some(r) => r,
+            None => {
+                self.stats.failures += 1;
+                return None;
+            }
+        };
+        let start = self.find_in_region(r, n)?;
+        Some(self.take(start, n, owner))
+    }
+
+    fn find_in_region(&self, r: usize, n: usize) -> Option<usize> {
+        let lo = r * REGION;
+        (lo..lo + REGION)
+            .step_by(n)
+            .find(|&s| self.owner[s..s + n].iter().all(|o| *o == Owner::Free))
+    }
+
+    fn take(&mut self, start: usize, n: usize, owner: Owner) -> u64 {
+        for i in start..start + n {
+            self.owner[i] = owner;
+            self.gen[i] = self.gen[i].wrapping_add(1);
+            self.written[i] = false;
+        }
+        self.free_in_region[start / REGION] -= u32::try_from(n).unwrap_or(0);
+        self.stats.in_use += n as u64;
+        self.stats.peak = self.stats.peak.max(self.stats.in_use);
+        match n {
+            1 => self.stats.runs_4k += 1,
+            16 => self.stats.runs_64k += 1,
+            _ => self.stats.runs_2m += 1,
+        }
+        self.base + start as u64 * FRAME
+    }
+
+    /// Frees the `n` frames at `pa` (their data words are forgotten).
+    pub fn free(&mut self, pa: u64, n: usize) {
+        let Some(start) = self.index(pa) else { return };
+        for i in start..(start + n).min(self.owner.len()) {
+            if self.owner[i] != Owner::Free {
+                self.owner[i] = Owner::Free;
+                self.free_in_region[i / REGION] += 1;
+                self.stats.in_use -= 1;
+            }
+        }
+        let lo = pa;
+        let hi = pa + n as u64 * FRAME;
+        let keys: Vec<u64> = self.data.range(lo..hi).map(|(k, _)| *k).collect();
+        for k in keys {
+            self.data.remove(&k);
+        }
+    }
+
+    /// The word at `pa` (0 if never written).
+    #[must_use]
+    pub fn read(&self, pa: u64) -> u64 {
+        self.data.get(&(pa & !7)).copied().unwrap_or(0)
+    }
+
+    /// Writes the word at `pa`.
+    pub fn write(&mut self, pa: u64, v: u64) {
+        self.data.insert(pa & !7, v);
+    }
+
+    /// Marks the table frame at `pa` as written (from the writer's hooks; allocates nothing).
+    pub fn mark_written(&mut self, pa: u64) {
+        if let Some(i) = self.index(pa) {
+            self.written[i] = true;
+        }
+    }
+
+    fn was_written(&self, pa: u64) -> bool {
+        self.index(pa).is_some_and(|i| self.written[i])
+    }
+}
+
+/// Page-table frame accounting of one pool.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PoolStats {
+    /// Frames handed out (reservations filled, roots).
+    pub allocated: u64,
+    /// Frames freed that had held entries (retired tables, reclaimed after invalidation).
+    pub retired: u64,
+    /// Frames freed that were never written (unused reservation given back).
+    pub unused: u64,
+}
+
+struct TableFrame {
+    entries: Vec<Pte>,
+    meta: FrameMeta,
+}
+
+/// One VM's page-table frames: addresses drawn from the shared [`Phys`], contents kept here
+/// (what the GPU walks when a descriptor points at the address).
+pub struct TablePool {
+    phys: std::rc::Rc<std::cell::RefCell<Phys>>,
+    vm: u32,
+    frames: HashMap<u64, TableFrame>,
+    /// Counters.
+    pub stats: PoolStats,
+}
+
+impl std::fmt::Debug for TablePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TablePool")
+            .field("vm", &self.vm)
+            .field("frames", &self.frames.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TablePool {
+    /// A pool for VM `vm` over `phys`.
+    #[must_use]
+    pub fn new(phys: std::rc::Rc<std::cell::RefCell<Phys>>, vm: u32) -> Self {
+        Self {
+            phys,
+            vm,
+            frames: HashMap::new(),
+            stats: PoolStats::default(),
+        }
+    }
+
+    /// Table frames held now (live, retired or reserved).
+    #[must_use]
+    pub fn held(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// The raw descriptors of the frame at `pa`, as the GPU reads them.
+    #[must_use]
+    pub fn raw(&self, pa: u64) -> Option<&[Pte]> {
+        self.frames.get(&pa).map(|f| f.entries.as_slice())
+    }
+}
+
+impl TableMemory for TablePool {
+    fn granule(&self) -> Granule {
+        Granule::K4
+    }
+
+    fn frame(&self, pa: PhysAddr) -> Option<(&[Pte], &FrameMeta)> {
+        self.frames
+            .get(&pa.as_u64())
+            .map(|f| (f.entries.as_slice(), &f.meta))
+    }
+
+    fn frame_mut(&mut self, pa: PhysAddr) -> Option<(&mut [Pte], &mut FrameMeta)> {
+        self.frames
+            .get_mut(&pa.as_u64())
+            .map(|f| (f.entries.as_mut_slice(), &mut f.meta))
+    }
+}
+
+impl FrameAlloc for TablePool {
+    fn alloc_frame(&mut self) -> Result<PhysAddr, AllocError> {
+        let pa = self
+            .phys
+            .borrow_mut()
+            .alloc_run(1, Owner::Table { vm: self.vm })
+            .ok_or(AllocError::OutOfFrames)?;
+        self.frames.insert(
+            pa,
+            TableFrame {
+                entries: vec![Pte::INVALID; 512],
+                meta: FrameMeta::default(),
+            },
+        );
+        self.stats.allocated += 1;
+        Ok(PhysAddr::new(pa))
+    }
+
+    fn free_frame(&mut self, pa: PhysAddr) -> Result<(), FreeError> {
+        if self.frames.remove(&pa.as_u64()).is_none() {
+            return Err(FreeError::Foreign { pa });
+        }
+        let mut phys = self.phys.borrow_mut();
+        if phys.was_written(pa.as_u64()) {
+            self.stats.retired += 1;
+        } else {
+            self.stats.unused += 1;
+        }
+        phys.free(pa.as_u64(), 1);
+        Ok(())
+    }
+}

@@ -1,0 +1,635 @@
+//! The built-in scenario: Vulkan sparse-texture streaming, buffer churn with huge-page-backed
+//! objects, blocked asynchronous binds beside synchronous ones under both ordering policies, a
+//! bind that times out, an object shared by two VMs, and a shrinker that evicts and revalidates
+//! objects under memory pressure; more VMs than address-space slots.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use vmbind::queue::{Policy, SwFence};
+use vmbind::BindOp;
+
+use crate::world::{Access, BindKind, Contiguity, World, WorldError};
+
+/// Scale knobs.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Frames (each 4 simulated milliseconds).
+    pub frames: u32,
+    /// Churn VMs besides the game VM and the compositor (at least 1).
+    pub churn_vms: usize,
+    /// Physical memory, MiB.
+    pub mem_mib: u64,
+    /// Address-space slots.
+    pub slots: usize,
+    /// Tiles bound per frame.
+    pub tiles_per_frame: usize,
+    /// GPU accesses per sampling job.
+    pub samples: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            frames: 600,
+            churn_vms: 2,
+            mem_mib: 160,
+            slots: 3,
+            tiles_per_frame: 24,
+            samples: 96,
+        }
+    }
+}
+
+/// A small deterministic generator (SplitMix64).
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded.
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    /// Next value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform below `n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    /// True with probability `p` percent.
+    pub fn pct(&mut self, p: u64) -> bool {
+        self.below(100) < p
+    }
+}
+
+const TILE: u64 = 64 << 10;
+const IMAGE: u64 = 0x40_0000_0000;
+const IMAGE_TILES: u64 = 16384; // 1 GiB
+const POOL_TILES: u64 = 1024; // 64 MiB
+const SHARED_SIZE: u64 = 4 << 20;
+const STEPS_PER_FRAME: u64 = 4;
+const STEP_US: u64 = 1000;
+
+struct Buffer {
+    vm: usize,
+    bo: u32,
+    va: u64,
+    size: u64,
+    how: Contiguity,
+    holes: BTreeSet<u64>,
+    evicted: bool,
+    last_use: u32,
+}
+
+/// What the director did (beyond the world's counters), for the report.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Story {
+    /// Tiles bound, unbound.
+    pub tiles: (u64, u64),
+    /// Most tiles resident at once.
+    pub peak_resident: u64,
+    /// Buffers created, retired.
+    pub buffers: (u64, u64),
+    /// 64 KiB holes punched into mapped buffers (block splits where huge-page backed).
+    pub holes: u64,
+    /// Blocked async binds (waiting on a late host fence).
+    pub blocked: u64,
+    /// Objects the shrinker evicted, and revalidated before their next use.
+    pub evicted: u64,
+    /// See `evicted`.
+    pub revalidated: u64,
+    /// Buffer creations skipped for want of memory even after shrinking.
+    pub oom_skips: u64,
+    /// Frames simulated.
+    pub frames: u32,
+}
+
+/// The scenario's state.
+pub struct Scenario {
+    /// The world.
+    pub world: World,
+    /// What happened.
+    pub story: Story,
+    rng: Rng,
+    p: Params,
+    pool_bo: u32,
+    shared_bo: u32,
+    free_tiles: Vec<u64>,
+    resident: BTreeMap<u64, u64>,
+    buffers: Vec<Buffer>,
+    next_va: Vec<u64>,
+    last_sample: Option<SwFence>,
+    host_late: Vec<(u32, u64, SwFence)>,
+    game: usize,
+    comp: usize,
+    q_game: usize,
+    q_churn: usize,
+    q_comp: usize,
+}
+
+impl std::fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scenario")
+            .field("story", &self.story)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scenario {
+    /// Sets the machine up: VMs, queues, the tile pool, the shared object.
+    ///
+    /// # Errors
+    ///
+    /// A setup step failed.
+    pub fn new(p: Params) -> Result<Self, WorldError> {
+        let mut w = World::new(p.mem_mib, p.slots);
+        let game = w.add_vm("game", Policy::Fifo, true, 2)?;
+        let comp = w.add_vm("compositor", Policy::Fifo, false, 1)?;
+        for i in 0..p.churn_vms.max(1) {
+            let pol = if i % 2 == 0 {
+                Policy::RangeOrdered
+            } else {
+                Policy::Fifo
+            };
+            w.add_vm(
+                if i % 2 == 0 { "compute" } else { "video" },
+                pol,
+                i % 2 == 1,
+                2,
+            )?;
+        }
+        let q_game = w.add_gpu_queue();
+        let q_churn = w.add_gpu_queue();
+        let q_comp = w.add_gpu_queue();
+        let pool_bo = w.create_bo(POOL_TILES * TILE, Contiguity::Tiles)?;
+        let shared_bo = w.create_bo(SHARED_SIZE, Contiguity::Huge)?;
+        w.bind_sync(
+            game,
+            &[World::map_op(
+                0x20_0000_0000,
+                SHARED_SIZE,
+                shared_bo,
+                0,
+                false,
+            )],
+            BindKind::Churn,
+        )?;
+        w.bind_sync(
+            comp,
+            &[World::map_op(
+                0x20_0000_0000,
+                SHARED_SIZE,
+                shared_bo,
+                0,
+                true,
+            )],
+            BindKind::Churn,
+        )?;
+        let n = w.vms.len();
+        Ok(Self {
+            world: w,
+            story: Story::default(),
+            rng: Rng::new(p.seed),
+            pool_bo,
+            shared_bo,
+            free_tiles: (0..POOL_TILES).rev().collect(),
+            resident: BTreeMap::new(),
+            buffers: Vec::new(),
+            next_va: vec![0x10_0000_0000; n],
+            last_sample: None,
+            host_late: Vec::new(),
+            game,
+            comp,
+            q_game,
+            q_churn,
+            q_comp,
+            p,
+        })
+    }
+
+    /// Runs every frame, then drains.
+    ///
+    /// # Errors
+    ///
+    /// A scenario step failed in a way the scenario does not expect.
+    pub fn run(&mut self, mut progress: impl FnMut(u32, u32)) -> Result<(), WorldError> {
+        for f in 0..self.p.frames {
+            self.frame(f)?;
+            for _ in 0..STEPS_PER_FRAME {
+                self.world.step(STEP_US);
+            }
+            progress(f + 1, self.p.frames);
+        }
+        for (_, _, f) in self.host_late.drain(..) {
+            let mut f = f;
+            vmbind::JobFence::signal(&mut f, Ok(()));
+        }
+        self.world.drain(STEP_US, 1_000_000);
+        self.story.frames = self.p.frames;
+        Ok(())
+    }
+
+    fn frame(&mut self, f: u32) -> Result<(), WorldError> {
+        // Host fences due now.
+        let now = self.world.now;
+        let mut i = 0;
+        while i < self.host_late.len() {
+            if self.host_late[i].1 <= now {
+                let (_, _, mut fence) = self.host_late.swap_remove(i);
+                vmbind::JobFence::signal(&mut fence, Ok(()));
+            } else {
+                i += 1;
+            }
+        }
+        self.sparse(f)?;
+        self.shared(f);
+        self.churn(f)?;
+        if f % 25 == 5 {
+            self.blocked(f)?;
+        }
+        if f == 40 {
+            // A bind whose in-fence user space never signals: it must fail by timeout.
+            let never = self.world.host_fence(999, 0);
+            let ops = [BindOp::SyncOnly];
+            self.world
+                .bind_async(2, 1, &ops, vec![never], None, BindKind::Blocked)?;
+            self.story.blocked += 1;
+        }
+        Ok(())
+    }
+
+    fn sparse(&mut self, f: u32) -> Result<(), WorldError> {
+        let mut ops = Vec::new();
+        let unbind = if self.resident.len() > 700 {
+            self.p.tiles_per_frame
+        } else {
+            self.p.tiles_per_frame / 3
+        };
+        for _ in 0..unbind {
+            if self.resident.is_empty() {
+                break;
+            }
+            let k = self.rng.below(self.resident.len() as u64);
+            let Some((&tile, &slot)) = self.resident.iter().nth(usize::try_from(k).unwrap_or(0))
+            else {
+                break;
+            };
+            self.resident.remove(&tile);
+            self.free_tiles.push(slot);
+            ops.push(BindOp::Unmap {
+                va: IMAGE + tile * TILE,
+                len: TILE,
+            });
+            self.story.tiles.1 += 1;
+        }
+        for _ in 0..self.p.tiles_per_frame {
+            let Some(slot) = self.free_tiles.pop() else {
+                break;
+            };
+            let tile = self.rng.below(IMAGE_TILES);
+            if self.resident.contains_key(&tile) {
+                self.free_tiles.push(slot);
+                continue;
+            }
+            self.resident.insert(tile, slot);
+            ops.push(World::map_op(
+                IMAGE + tile * TILE,
+                TILE,
+                self.pool_bo,
+                slot * TILE,
+                false,
+            ));
+            self.story.tiles.0 += 1;
+        }
+        self.story.peak_resident = self.story.peak_resident.max(self.resident.len() as u64);
+        let waits: Vec<SwFence> = self.last_sample.iter().cloned().collect();
+        let bind = self.world.bind_async(
+            self.game,
+            0,
+            &ops,
+            waits,
+            Some((1, u64::from(f) + 1)),
+            BindKind::Sparse,
+        )?;
+        // The frame's sampling job waits on the residency update through the timeline point.
+        let point = self.world.point(1, u64::from(f) + 1)?;
+        debug_assert!(point.status() == bind.status());
+        let mut acc = Vec::new();
+        let tiles: Vec<u64> = self.resident.keys().copied().collect();
+        for _ in 0..self.p.samples {
+            let Some(&t) =
+                tiles.get(usize::try_from(self.rng.below(tiles.len() as u64)).unwrap_or(0))
+            else {
+                break;
+            };
+            let va = IMAGE + t * TILE + (self.rng.below(TILE) & !7);
+            let write = self.rng.pct(25).then(|| self.rng.next_u64());
+            acc.push(Access { va, write });
+        }
+        for _ in 0..4 {
+            // Non-resident tiles: the shader's residency probe faults (expected).
+            let t = self.rng.below(IMAGE_TILES);
+            if !self.resident.contains_key(&t) {
+                acc.push(Access {
+                    va: IMAGE + t * TILE,
+                    write: None,
+                });
+            }
+        }
+        let s = self.world.gpu_job(self.q_game, self.game, vec![point], acc);
+        self.last_sample = Some(s);
+        Ok(())
+    }
+
+    fn shared(&mut self, _f: u32) {
+        let mut w = Vec::new();
+        let mut r = Vec::new();
+        for _ in 0..8 {
+            let va = 0x20_0000_0000 + (self.rng.below(SHARED_SIZE) & !7);
+            w.push(Access {
+                va,
+                write: Some(self.rng.next_u64()),
+            });
+            r.push(Access { va, write: None });
+        }
+        // The compositor tries to write its read-only view once: a permission fault.
+        r.push(Access {
+            va: 0x20_0000_0000,
+            write: Some(1),
+        });
+        let _ = self.shared_bo;
+        let wf = self.world.gpu_job(self.q_game, self.game, vec![], w);
+        self.world.gpu_job(self.q_comp, self.comp, vec![wf], r);
+    }
+
+    fn churn_vm(&mut self) -> usize {
+        let first = 2;
+        let n = self.world.vms.len() - first;
+        // The game VM churns too (Fifo, lock regions).
+        let k = self.rng.below(n as u64 + 1);
+        if k == n as u64 {
+            self.game
+        } else {
+            first + usize::try_from(k).unwrap_or(0)
+        }
+    }
+
+    fn alloc_va(&mut self, vm: usize, size: u64, unaligned: bool) -> u64 {
+        let base =
+            self.next_va[vm].next_multiple_of(2 << 20) + if unaligned { 64 << 10 } else { 0 };
+        self.next_va[vm] = base + size + (2 << 20);
+        base
+    }
+
+    fn create_buffer(&mut self, f: u32, sync: bool) -> Result<Option<usize>, WorldError> {
+        let vm = self.churn_vm();
+        let (size, how) = match self.rng.below(4) {
+            0 => (256 << 10, Contiguity::Scattered),
+            1 => (1 << 20, Contiguity::Scattered),
+            2 => (4 << 20, Contiguity::Huge),
+            _ => (8 << 20, Contiguity::Huge),
+        };
+        let Some(bo) = self.try_bo(size, how)? else {
+            return Ok(None);
+        };
+        let unaligned = self.rng.pct(20);
+        let va = self.alloc_va(vm, size, unaligned);
+        let ops = [World::map_op(va, size, bo, 0, false)];
+        if sync {
+            self.world.bind_sync(vm, &ops, BindKind::Churn)?;
+        } else {
+            self.world
+                .bind_async(vm, 0, &ops, vec![], None, BindKind::Churn)?;
+        }
+        self.story.buffers.0 += 1;
+        self.buffers.push(Buffer {
+            vm,
+            bo,
+            va,
+            size,
+            how,
+            holes: BTreeSet::new(),
+            evicted: false,
+            last_use: f,
+        });
+        Ok(Some(self.buffers.len() - 1))
+    }
+
+    fn churn(&mut self, f: u32) -> Result<(), WorldError> {
+        if self.rng.pct(45) {
+            let sync = self.rng.pct(50);
+            self.create_buffer(f, sync)?;
+        }
+        // GPU work on a few buffers (revalidating evicted ones first).
+        for _ in 0..3 {
+            if self.buffers.is_empty() {
+                break;
+            }
+            let i = usize::try_from(self.rng.below(self.buffers.len() as u64)).unwrap_or(0);
+            if self.buffers[i].evicted && !self.revalidate(i)? {
+                continue;
+            }
+            self.buffers[i].last_use = f;
+            let b = &self.buffers[i];
+            let (vm, va, size) = (b.vm, b.va, b.size);
+            let mut acc = Vec::new();
+            for _ in 0..16 {
+                let a = va + (self.rng.below(size) & !7);
+                let write = self.rng.pct(40).then(|| self.rng.next_u64());
+                acc.push(Access { va: a, write });
+            }
+            self.world.gpu_job(self.q_churn, vm, vec![], acc);
+        }
+        // Punch a 64 KiB hole (splits a 2 MiB block where the buffer has one).
+        if self.rng.pct(20) && !self.buffers.is_empty() {
+            let i = usize::try_from(self.rng.below(self.buffers.len() as u64)).unwrap_or(0);
+            let b = &mut self.buffers[i];
+            if !b.evicted {
+                let off = (self.rng.below(b.size / TILE)) * TILE;
+                if b.holes.insert(off) {
+                    let (vm, va) = (b.vm, b.va + off);
+                    self.world.bind_sync(
+                        vm,
+                        &[BindOp::Unmap { va, len: TILE }],
+                        BindKind::Churn,
+                    )?;
+                    self.story.holes += 1;
+                }
+            }
+        }
+        // Retire old buffers.
+        if self.buffers.len() > 20 || (self.rng.pct(15) && !self.buffers.is_empty()) {
+            let i = usize::try_from(self.rng.below(self.buffers.len() as u64)).unwrap_or(0);
+            let b = self.buffers.swap_remove(i);
+            if !b.evicted {
+                let ops = [BindOp::Unmap {
+                    va: b.va,
+                    len: b.size,
+                }];
+                if self.rng.pct(50) {
+                    self.world.bind_sync(b.vm, &ops, BindKind::Churn)?;
+                } else {
+                    self.world
+                        .bind_async(b.vm, 0, &ops, vec![], None, BindKind::Churn)?;
+                }
+            }
+            self.world.close_bo(b.bo);
+            self.story.buffers.1 += 1;
+        }
+        Ok(())
+    }
+
+    /// A job on queue 1 blocked on a host fence signalled three frames later, with synchronous
+    /// binds on the same VM meanwhile (Fifo: they wait; RangeOrdered: disjoint ones run).
+    fn blocked(&mut self, f: u32) -> Result<(), WorldError> {
+        for vm in [self.game, 2] {
+            let h = 100 + f;
+            let fence = self.world.host_fence(h, 0);
+            let due = self.world.now + 3 * STEPS_PER_FRAME * STEP_US;
+            self.host_late.push((h, due, fence.clone()));
+            let Some(bo) = self.try_bo(1 << 20, Contiguity::Scattered)? else {
+                continue;
+            };
+            let va = self.alloc_va(vm, 1 << 20, false);
+            self.world.bind_async(
+                vm,
+                1,
+                &[World::map_op(va, 1 << 20, bo, 0, false)],
+                vec![fence],
+                None,
+                BindKind::Blocked,
+            )?;
+            self.story.blocked += 1;
+            self.buffers.push(Buffer {
+                vm,
+                bo,
+                va,
+                size: 1 << 20,
+                how: Contiguity::Scattered,
+                holes: BTreeSet::new(),
+                evicted: false,
+                last_use: f,
+            });
+            // A synchronous bind right behind it.
+            let Some(bo2) = self.try_bo(2 << 20, Contiguity::Huge)? else {
+                continue;
+            };
+            let va2 = self.alloc_va(vm, 2 << 20, false);
+            self.world.bind_sync(
+                vm,
+                &[World::map_op(va2, 2 << 20, bo2, 0, false)],
+                BindKind::Churn,
+            )?;
+            self.buffers.push(Buffer {
+                vm,
+                bo: bo2,
+                va: va2,
+                size: 2 << 20,
+                how: Contiguity::Huge,
+                holes: BTreeSet::new(),
+                evicted: false,
+                last_use: f,
+            });
+        }
+        Ok(())
+    }
+
+    fn try_bo(&mut self, size: u64, how: Contiguity) -> Result<Option<u32>, WorldError> {
+        let free = self.world.phys.borrow().free_frames() * 4096;
+        if free < size + (24 << 20) {
+            self.shrink(size + (24 << 20));
+        }
+        match self.world.create_bo(size, how) {
+            Ok(b) => Ok(Some(b)),
+            Err(WorldError::NoMemory(_)) => {
+                self.story.oom_skips += 1;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The shrinker: evicts least recently used buffers until `want` bytes are free (unmaps
+    /// every mapping found through the object's link, drops the pages).
+    fn shrink(&mut self, want: u64) {
+        loop {
+            let free = self.world.phys.borrow().free_frames() * 4096;
+            if free >= want {
+                return;
+            }
+            let Some(i) = (0..self.buffers.len())
+                .filter(|&i| !self.buffers[i].evicted)
+                .min_by_key(|&i| self.buffers[i].last_use)
+            else {
+                return;
+            };
+            let (vm, bo) = (self.buffers[i].vm, self.buffers[i].bo);
+            let ops: Vec<BindOp> = self
+                .world
+                .mappings_of(vm, bo)
+                .into_iter()
+                .map(|(va, len)| BindOp::Unmap { va, len })
+                .collect();
+            if !ops.is_empty() && self.world.bind_sync(vm, &ops, BindKind::Evict).is_err() {
+                return;
+            }
+            // Let the sync unmap run (it may wait behind queued binds under Fifo).
+            let mut guard = 0;
+            while !self.world.mappings_of(vm, bo).is_empty() && guard < 200 {
+                self.world.step(STEP_US);
+                guard += 1;
+            }
+            self.world.close_bo(bo);
+            self.world.stats.evictions.0 += 1;
+            self.buffers[i].evicted = true;
+            self.story.evicted += 1;
+            // Run the cleanups that drop the last references (freeing the pages).
+            self.world.cleanup_all();
+        }
+    }
+
+    /// Revalidation: new pages (contents swapped back in), mapped again where they were.
+    fn revalidate(&mut self, i: usize) -> Result<bool, WorldError> {
+        let (size, how) = (self.buffers[i].size, self.buffers[i].how);
+        let free = self.world.phys.borrow().free_frames() * 4096;
+        if free < size + (24 << 20) {
+            self.shrink(size + (24 << 20));
+        }
+        let old = self.buffers[i].bo;
+        let Ok(bo) = self.world.swap_in(old, size, how) else {
+            self.story.oom_skips += 1;
+            return Ok(false);
+        };
+        let b = &self.buffers[i];
+        let mut ops = Vec::new();
+        let mut off = 0;
+        // Map around the holes the buffer had.
+        while off < b.size {
+            if b.holes.contains(&off) {
+                off += TILE;
+                continue;
+            }
+            let mut end = off;
+            while end < b.size && !b.holes.contains(&end) {
+                end += TILE;
+            }
+            ops.push(World::map_op(b.va + off, end - off, bo, off, false));
+            off = end;
+        }
+        let vm = b.vm;
+        self.world.bind_sync(vm, &ops, BindKind::Revalidate)?;
+        self.buffers[i].evicted = false;
+        self.story.revalidated += 1;
+        self.world.stats.evictions.1 += 1;
+        Ok(true)
+    }
+}

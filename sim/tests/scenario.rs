@@ -1,0 +1,166 @@
+//! The simulator end to end: a short built-in scenario passes every check, its MMU agrees with
+//! the model and with `pagetable::translate`, it is deterministic for a seed, and every hazard
+//! check fires when its rule is broken on purpose.
+
+use sim::mmu::Faults;
+use sim::report::Report;
+use sim::scenario::{Params, Scenario};
+use sim::world::{Hazards, WorldFaults};
+
+#[global_allocator]
+static ALLOC: sim::alloc_count::Counting = sim::alloc_count::Counting;
+
+fn small(seed: u64) -> Params {
+    Params {
+        seed,
+        frames: 80,
+        mem_mib: 128,
+        ..Params::default()
+    }
+}
+
+fn run_with(p: &Params, mmu: Faults, world: WorldFaults) -> Report {
+    let mut s = Scenario::new(p.clone()).expect("setup");
+    s.world.gpu.borrow_mut().faults = mmu;
+    s.world.faults = world;
+    s.run(|_, _| {}).expect("scenario runs");
+    Report::new(&s, p)
+}
+
+#[test]
+fn short_scenario_has_no_hazard_and_the_mmu_agrees_with_the_model() {
+    let r = run_with(&small(3), Faults::default(), WorldFaults::default());
+    assert!(r.alloc_counter_armed);
+    assert_eq!(r.hazards_total, 0, "{:#?}", r.hazards);
+    let (pages, bad) = r.audit;
+    assert!(pages > 1000, "the audit compared {pages} pages");
+    assert_eq!(bad, 0, "MMU walk, model and pagetable::translate disagree");
+    assert!(r.verified > 1000 && r.expected_faults > 0);
+    assert!(
+        r.mmu.splits > 0 && r.mmu.fills_2m > 0,
+        "blocks and splits happen"
+    );
+    assert!(r.mmu.as_evictions > 0, "more VMs than slots");
+    assert!(
+        r.timeouts >= 1,
+        "the bind on a never-signalled fence times out"
+    );
+    assert!(r.passed());
+}
+
+#[test]
+fn same_seed_same_report() {
+    let a = run_with(&small(9), Faults::default(), WorldFaults::default());
+    let b = run_with(&small(9), Faults::default(), WorldFaults::default());
+    assert_eq!(a.deterministic_json(), b.deterministic_json());
+    let c = run_with(&small(10), Faults::default(), WorldFaults::default());
+    assert_ne!(a.deterministic_json(), c.deterministic_json());
+}
+
+fn fires(mmu: Faults, world: WorldFaults, pick: fn(&Hazards) -> u64, name: &str) {
+    let r = run_with(&small(5), mmu, world);
+    assert!(
+        pick(&r.hazards) > 0,
+        "{name} did not fire: {:#?}",
+        r.hazards
+    );
+    assert!(!r.passed());
+}
+
+#[test]
+fn skipped_tlb_invalidation_is_caught() {
+    let f = Faults {
+        skip_tlb_invalidate: true,
+        ..Faults::default()
+    };
+    fires(f, WorldFaults::default(), |h| h.stale_tlb, "stale TLB");
+}
+
+#[test]
+fn table_frame_reused_under_a_cached_walk_is_caught() {
+    let f = Faults {
+        skip_walk_invalidate: true,
+        ..Faults::default()
+    };
+    fires(f, WorldFaults::default(), |h| h.freed_table, "freed table");
+}
+
+#[test]
+fn allocation_in_a_run_stage_is_caught() {
+    let f = Faults {
+        alloc_in_run: true,
+        ..Faults::default()
+    };
+    fires(
+        f,
+        WorldFaults::default(),
+        |h| h.run_allocations,
+        "run allocation",
+    );
+}
+
+#[test]
+fn stale_model_gives_unexpected_faults() {
+    let w = WorldFaults {
+        stale_model: true,
+        ..WorldFaults::default()
+    };
+    fires(
+        Faults::default(),
+        w,
+        |h| h.unexpected_fault,
+        "unexpected fault",
+    );
+}
+
+#[test]
+fn forgotten_maps_give_missing_faults() {
+    let w = WorldFaults {
+        forget_maps: true,
+        ..WorldFaults::default()
+    };
+    fires(Faults::default(), w, |h| h.missing_fault, "missing fault");
+}
+
+#[test]
+fn skewed_translations_give_wrong_data() {
+    let w = WorldFaults {
+        skew_model: true,
+        ..WorldFaults::default()
+    };
+    fires(Faults::default(), w, |h| h.wrong_data, "wrong data");
+}
+
+#[test]
+fn pages_released_while_mapped_are_caught() {
+    let w = WorldFaults {
+        release_early: true,
+        ..WorldFaults::default()
+    };
+    fires(Faults::default(), w, |h| h.released_page, "released page");
+}
+
+#[test]
+fn a_dropped_fence_signal_breaks_forward_progress() {
+    let w = WorldFaults {
+        drop_fence_signal: true,
+        ..WorldFaults::default()
+    };
+    fires(
+        Faults::default(),
+        w,
+        |h| h.fence_never_signalled,
+        "fence never signalled",
+    );
+}
+
+#[test]
+fn vmsim_without_arguments_runs_the_scenario_and_exits_zero() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmsim"))
+        .args(["--frames", "60"])
+        .output()
+        .expect("vmsim runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("hazards: 0 -> OK"), "{text}");
+}
