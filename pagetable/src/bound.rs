@@ -228,7 +228,6 @@ pub fn panthor_unmap_bound(fmt: &Format, va: VirtAddr, len: u64) -> Result<u64, 
 
 /// One operation of a job, for [`job_bound`].
 #[derive(Clone, Copy, Debug)]
-#[non_exhaustive]
 pub enum JobOp<'a> {
     /// A map of `backing` at `va` (into a range the job knows is empty).
     Map {

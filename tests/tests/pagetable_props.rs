@@ -266,7 +266,7 @@ proptest! {
             let kind = match kind {
                 0..=5 => 0, // replace
                 6 if pages.iter().all(|p| !occupied.contains(p)) => 3, // map into free
-                6 | 7 | 8 => 1, // unmap
+                6..=8 => 1, // unmap
                 _ => 2, // protect
             };
             match kind {

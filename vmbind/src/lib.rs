@@ -200,7 +200,9 @@ pub use job::{BindJob, BindOp, MapFlags, Mode, OpError, SyncDesc, SyncFlags, Syn
 pub use obj::{ObjRef, ObjectRegistry};
 pub use sync::{Fence, JobFence, Point, SyncError, SyncTable, Syncobj};
 #[cfg(feature = "alloc")]
-pub use vm::{DoneJob, Mmu, NewError, PrepareError, PreparedJob, VaSpace, Vm, VmConfig};
+pub use vm::{
+    DoneJob, JobSummary, Mmu, NewError, PrepareError, PreparedJob, VaSpace, Vm, VmConfig,
+};
 
 /// Why a job failed after prepare; carried by its out-fence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
