@@ -15,7 +15,9 @@
 //! * **job**: the sum of per-op bounds is always safe. [`job_bound`] takes the per-level union
 //!   of windows across a *group* of ops instead. A group ends at a protect, and at an unmap (or
 //!   the clear half of a [`JobOp::Replace`]) whose range overlaps a map of the group; other
-//!   unmaps add their split bound and the group goes on. Sound because a table is retired only
+//!   unmaps go on in the group, their split tables counted as a second per-level union (a block
+//!   is split at most once per group: only a map could put one back, and a clear of it would
+//!   end the group). Sound because a table is retired only
 //!   when nothing is left mapped under it: every table the group's maps created holds a leaf of
 //!   one of those maps, and no clear inside the group touches any of them, so each such table
 //!   lives until the group ends and is counted once. A clear that does overlap a map of the
@@ -271,9 +273,9 @@ pub struct WindowRun {
 }
 
 /// The reservation for a whole job: per-level union of windows over each group of ops (see the
-/// module docs: a group ends at a protect, or at a clear overlapping one of its maps), plus the
-/// split bounds of every unmap, protect and replace. Never more than the sum of the per-op
-/// bounds ([`sum_bound`]).
+/// module docs: a group ends at a protect, or at a clear overlapping one of its maps), the
+/// union of the split windows of its unmaps and replaces, and the split bound of every protect.
+/// Never more than the sum of the per-op bounds ([`sum_bound`]).
 ///
 /// `scratch` holds window runs while a group is merged (one run per level per stretch of
 /// consecutive windows; a map of uniformly backed memory needs at most 3 or 4) and the VA
@@ -297,10 +299,11 @@ pub struct WindowRun {
 /// let mut scratch = [WindowRun::default(); 8];
 /// assert_eq!(job_bound(&fmt, &ops, &mut scratch)?.total(), 3);
 /// assert_eq!(sum_bound(&fmt, &ops)?.total(), 6);
-/// // As replaces of disjoint ranges they still share them; each may split a block at an end.
+/// // As replaces of disjoint ranges they still share them, and the one 2 MiB block they may
+/// // split (one L3 table).
 /// let ops = [JobOp::Replace { va: VirtAddr::new(0x10_0000), backing: &a },
 ///            JobOp::Replace { va: VirtAddr::new(0x11_0000), backing: &b }];
-/// assert_eq!(job_bound(&fmt, &ops, &mut scratch)?.total(), 3 + 2);
+/// assert_eq!(job_bound(&fmt, &ops, &mut scratch)?.total(), 3 + 1);
 /// assert_eq!(sum_bound(&fmt, &ops)?.total(), 6 + 2);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -335,6 +338,14 @@ pub fn job_bound(
 
 /// Marks a scratch entry holding the VA range `[first, last)` of a map of the group.
 const RANGE: u8 = u8::MAX;
+
+/// Flags a scratch run of windows of tables a clear of the group may create by a split.
+///
+/// Counted apart from the maps' windows: a split table holds no leaf of the group's maps, so a
+/// later clear may retire it, and a later map must not count on it. A split at a window happens
+/// at most once per group: the block it splits is gone afterwards, and only a map covering the
+/// window could bring one back, whose clear would end the group.
+const SPLIT: u8 = 0x80;
 
 /// Adds a map's windows and its VA range to the group in `scratch[..used]`.
 fn group_map(
@@ -397,7 +408,7 @@ fn group_clear(
     scratch: &mut [WindowRun],
     used: &mut usize,
 ) -> Result<TableCount, BoundError> {
-    let split = unmap_bound(fmt, va, len)?;
+    validate_range(fmt, va, len)?;
     let (a, b) = (va.as_u64(), va.as_u64() + len);
     let overlaps = scratch.get(..*used).is_some_and(|s| {
         s.iter()
@@ -407,7 +418,15 @@ fn group_clear(
     if overlaps {
         c = union_count(scratch, used);
     }
-    Ok(c + split)
+    // The split tables join the group's union of split windows.
+    let mut res = Ok(());
+    unmap_windows(fmt, va, len, &mut |level, ws| {
+        if res.is_ok() {
+            let w = ws >> fmt.table_span(level).trailing_zeros();
+            res = push_run(scratch, used, SPLIT | level.as_u8(), w, w + 1, true);
+        }
+    })?;
+    res.map(|()| c)
 }
 
 /// Counts the union of `scratch[..used]` per level and empties it.
@@ -439,7 +458,7 @@ fn union_count(scratch: &mut [WindowRun], used: &mut usize) -> TableCount {
 }
 
 fn add_run(c: &mut TableCount, r: WindowRun) {
-    if let Some(n) = c.per_level.get_mut(usize::from(r.level)) {
+    if let Some(n) = c.per_level.get_mut(usize::from(r.level & !SPLIT)) {
         *n += r.last - r.first + 1;
     }
 }

@@ -176,6 +176,51 @@ fn main() {
             vm.cleanup(dj).map_err(|_| ()).unwrap();
         }
     };
+    if mode == "slack" {
+        // Reserved / used frames and nodes per job, and the old bound (every map an unmap then
+        // a map, a group each: the per-op sum).
+        for (name, ops, un) in [
+            ("64k", &one[..], &un_one[..]),
+            ("sparse16", &sparse, &un_win),
+        ] {
+            for (what, o) in [("bind", ops), ("unmap", un)] {
+                let j = vm.prepare(&mut Handles, &BindJob::new(o)).unwrap();
+                let dj = vm.run(j).map_err(|_| ()).unwrap();
+                let s = dj.summary();
+                vm.cleanup(dj).map_err(|_| ()).unwrap();
+                let backs: Vec<[Chunk; 1]> = o
+                    .iter()
+                    .map(|op| match *op {
+                        BindOp::Map {
+                            len, offset, obj, ..
+                        } => [Chunk::new(PhysAddr::new((obj.get() << 32) + offset), len)],
+                        _ => [Chunk::new(PhysAddr::new(0), 0)],
+                    })
+                    .collect();
+                let jops: Vec<pagetable::JobOp<'_>> = o
+                    .iter()
+                    .zip(&backs)
+                    .map(|(op, b)| match *op {
+                        BindOp::Map { va, .. } => pagetable::JobOp::Replace {
+                            va: VirtAddr::new(va),
+                            backing: b,
+                        },
+                        BindOp::Unmap { va, len } => pagetable::JobOp::Unmap {
+                            va: VirtAddr::new(va),
+                            len,
+                        },
+                        BindOp::SyncOnly => unreachable!(),
+                    })
+                    .collect();
+                let old = pagetable::sum_bound(&fmt(), &jops).unwrap().total();
+                println!(
+                    "{name} {what}: frames reserved {} used {} (old bound {old}); nodes reserved {} used {}",
+                    s.frames_reserved, s.frames_used, s.nodes_reserved, s.nodes_used
+                );
+            }
+        }
+        return;
+    }
     for _ in 0..n {
         match mode.as_str() {
             "pipeline64" => pipeline(std::hint::black_box(&one), &un_one),

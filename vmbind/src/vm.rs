@@ -171,6 +171,8 @@ struct Held<R> {
     frames: u64,
     /// Nodes claimed at prepare (after the links took theirs).
     nodes: usize,
+    /// Nodes the run drew from the VM's spare cache.
+    drawn: usize,
     lock: Option<LockRegion>,
     span: Option<Range<u64>>,
     mode: Mode,
@@ -278,7 +280,7 @@ impl<R, F> DoneJob<R, F> {
     #[must_use]
     pub fn summary(&self) -> JobSummary {
         let unused = u64::try_from(self.unused_frames()).unwrap_or(u64::MAX);
-        let nodes_left = self.unused_nodes();
+        let drawn = self.held.drawn.min(self.held.nodes);
         JobSummary {
             result: self.result,
             frames_reserved: self.held.frames,
@@ -286,8 +288,8 @@ impl<R, F> DoneJob<R, F> {
             frames_returned: unused,
             frames_retired: u64::try_from(self.retired_frames()).unwrap_or(u64::MAX),
             nodes_reserved: self.held.nodes,
-            nodes_used: self.held.nodes.saturating_sub(nodes_left),
-            nodes_returned: nodes_left,
+            nodes_used: drawn,
+            nodes_returned: self.held.nodes - drawn,
         }
     }
 }
@@ -311,9 +313,10 @@ pub struct JobSummary {
     pub frames_retired: u64,
     /// gpuva nodes claimed by prepare (after the object links took theirs).
     pub nodes_reserved: usize,
-    /// Nodes the run took.
+    /// Nodes the run drew from the VM's spare cache (gpuva's [`gpuva::GpuVm::nodes_taken`] across
+    /// the run; the claim itself is charged each request's whole bound).
     pub nodes_used: usize,
-    /// Nodes left over, returned by cleanup.
+    /// Nodes not drawn, back in the spare cache after cleanup.
     pub nodes_returned: usize,
 }
 
@@ -785,6 +788,7 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
                 refs,
                 pins,
                 nodes: claim.nodes(),
+                drawn: 0,
                 claim,
                 reserve,
                 frames,
@@ -825,6 +829,7 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
             self.mmu.lock(region);
         }
         let mut result = Ok(());
+        let taken = self.va.nodes_taken();
         let flush = {
             let Held {
                 steps,
@@ -874,6 +879,8 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
             }
             ctx.finish()
         };
+        held.drawn =
+            usize::try_from(self.va.nodes_taken().wrapping_sub(taken)).unwrap_or(usize::MAX);
         let (reclaim, pending) = match flush.invalidate(&mut self.mmu) {
             Ok(r) => (Some(r), None),
             Err(e) => {
