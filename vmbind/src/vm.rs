@@ -576,7 +576,9 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
     ///
     /// Reserved: gpuva nodes for every op's request kind plus one link per distinct object;
     /// page-table frames as [`pagetable::job_bound`] over the job's table operations (each map
-    /// op is an unmap of its range, clearing whatever was there, then the map).
+    /// op a [`JobOp::Replace`]: a clear of its range, whatever was there, then the map). The
+    /// frames come from the VM's spare frames first ([`Vm::spare_frames`]), then from the
+    /// allocator.
     ///
     /// # Errors
     ///
