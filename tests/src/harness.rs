@@ -844,6 +844,9 @@ impl Harness {
 
     /// The model side of draining zombies: every link with no mapping and no pin goes.
     fn drained_zombies(&mut self) {
+        if self.links.is_empty() {
+            return;
+        }
         let counts = self.model_counts();
         let before = self.links.len();
         self.links
@@ -1199,11 +1202,16 @@ impl Harness {
 
         let applied = self.apply(req, ops, list, map_id, claim, before);
 
-        let mut expected_model = self.model.clone();
-        if let Err(e) = expected_model.apply_ops(&ops[..applied], map_id) {
-            panic!("prefix of ops for {req:?}: {e}");
+        if applied == ops.len() {
+            // The whole op list applied: the model after it was computed above.
+            self.model = via_ops;
+        } else {
+            let mut expected_model = self.model.clone();
+            if let Err(e) = expected_model.apply_ops(&ops[..applied], map_id) {
+                panic!("prefix of ops for {req:?}: {e}");
+            }
+            self.model = expected_model;
         }
-        self.model = expected_model;
         if req.via == Via::StaleReapply {
             self.check_stale(list, ops, map_id);
         }

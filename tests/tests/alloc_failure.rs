@@ -10,8 +10,6 @@
 //! `sm_unmap_ops`; `link_obtain` and `reserve` from a filled bag allocate nothing. vmbind:
 //! `Vm::prepare` on random multi-op jobs over a populated VM.
 
-use std::collections::BTreeMap;
-
 use gpuva::{BoxNode, Mapping, NodeBag, ObjId, Request};
 use tests::failalloc::{self, FailAlloc, Plan, Report};
 use tests::harness::{Bag, Node, Snapshot, Vm};
@@ -308,8 +306,8 @@ fn gpuva_random_failures_keep_the_model() {
 
 #[derive(Debug, PartialEq, Eq)]
 struct VmState {
-    tree: BTreeMap<u64, (u64, u64, vmbind::MapFlags)>,
-    tables: BTreeMap<u64, (u64, pagetable::Attrs)>,
+    tree: vf::SpanList,
+    tables: vf::Runs,
     frames_in_use: usize,
     frames_in_flight: u64,
     spare: usize,
@@ -321,8 +319,8 @@ struct VmState {
 
 fn vm_state(vm: &FVm, reg: &Registry) -> VmState {
     VmState {
-        tree: vf::tree_pages(vm),
-        tables: vf::table_pages(vm),
+        tree: vf::tree_spans(vm),
+        tables: vf::table_runs(vm),
         frames_in_use: vm.memory().in_use(),
         frames_in_flight: vm.frames_in_flight(),
         spare: vm.va_space().spare_nodes(),
@@ -351,7 +349,7 @@ fn run_job(vm: &mut FVm, reg: &mut Registry, ops: &[BindOp]) {
 fn vmbind_prepare_failures_are_clean() {
     let (mut vm, _) = vf::new_vm(0);
     let mut reg = Registry::new();
-    let mut model = BTreeMap::new();
+    let mut model = vf::Spans::new();
     for s in 0..12u64 {
         let ops = vf::random_job(s * 977 + 5, (s % 3) as usize);
         run_job(&mut vm, &mut reg, &ops);
@@ -405,7 +403,8 @@ fn vmbind_prepare_failures_are_clean() {
         for op in &ops {
             vf::apply_model(&mut model, op);
         }
-        assert_eq!(vf::tree_pages(&vm), model);
+        assert_eq!(vf::tree_spans(&vm), vf::model_spans(&model));
+        assert_eq!(vf::table_runs(&vm), vf::model_runs(&model, &reg));
     }
     assert!(points > 20, "only {points} failure points");
     vm.va_space().check_invariants().expect("invariants");

@@ -142,3 +142,14 @@ fn seeds_exercise_every_path() {
         assert!(n > 0, "no seed reaches {what}: {t:?}");
     }
 }
+
+/// Regression (a harness false positive found by the fuzzer): the first refused prepare under an
+/// injected failure kept one 1344-byte block (a buffer growing its capacity for the first time),
+/// which the leak check took for a leak; a retry under the same plan keeps none. The check now
+/// retries before calling it a leak.
+#[test]
+fn regress_first_refusal_keeps_capacity() {
+    let path = fuzz_dir("corpus").join("regress_first_refusal_keeps_capacity");
+    let s = run_stats(&fs::read(path).expect("committed")).expect("non-empty");
+    assert!(s.injected_failures > 0, "{s:?}");
+}
