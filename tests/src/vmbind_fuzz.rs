@@ -35,7 +35,7 @@ use std::ops::Range;
 use std::rc::Rc;
 
 use gpuva::ObjId;
-use pagetable::{Chunk, Format, Level, PhysAddr, VecPool};
+use pagetable::{Chunk, Format, PhysAddr, VecPool};
 use vmbind::queue::{run_sync, BindQueue, Policy, Submit, SubmitError, SwFence, SwSyncs};
 use vmbind::{
     BindJob, BindOp, JobError, JobFence, MapFlags, Mmu, Mode, ObjRef, ObjectRegistry, PrepareError,
@@ -377,57 +377,14 @@ pub fn table_runs(vm: &FVm) -> Runs {
     let mut out = Runs::new();
     for q in 0..QUEUES {
         let w = window(q);
-        decode_table(
-            &fmt,
-            vm.memory(),
-            vm.page_table().root(),
-            fmt.start_level(),
-            0,
-            &w,
-            &mut out,
-        );
-    }
-    out
-}
-
-fn decode_table(
-    fmt: &Format,
-    mem: &VecPool,
-    table: PhysAddr,
-    level: Level,
-    base: u64,
-    w: &Range<u64>,
-    out: &mut Runs,
-) {
-    use pagetable::{Desc, TableMemory};
-    let (entries, _) = mem.frame(table).expect("table frame resolves");
-    let size = fmt.entry_size(level);
-    let span = size * entries.len() as u64;
-    let (lo, hi) = (w.start.max(base), w.end.min(base.saturating_add(span)));
-    if lo >= hi {
-        return;
-    }
-    let (first, last) = ((lo - base) / size, (hi - 1 - base) / size);
-    for i in first..=last {
-        let va = base + i * size;
-        let pte = entries[usize::try_from(i).expect("index")];
-        match fmt.decode(level, pte) {
-            Desc::Invalid => {}
-            Desc::Table { pa } => {
-                let next = match level {
-                    Level::L0 => Level::L1,
-                    Level::L1 => Level::L2,
-                    _ => Level::L3,
-                };
-                decode_table(fmt, mem, pa, next, va, w, out);
-            }
-            Desc::Leaf { pa, attrs, size } => {
-                let (s, e) = (va.max(w.start), (va + size).min(w.end));
-                push_run(out, s, e, pa.as_u64() + (s - va), attrs);
-            }
-            Desc::Reserved => panic!("a descriptor the format never writes at {va:#x}"),
+        for (va, size, pa, attrs) in
+            crate::pagetable_fuzz::leaves(&fmt, vm.memory(), vm.page_table().root(), &w)
+        {
+            let (s, e) = (va.max(w.start), (va + size).min(w.end));
+            push_run(&mut out, s, e, pa + (s - va), attrs);
         }
     }
+    out
 }
 
 /// What the tables must hold for the model `m`, as merged runs.
