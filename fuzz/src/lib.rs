@@ -17,4 +17,13 @@ pub mod fuzz_body;
 #[path = "../../tests/src/pagetable_fuzz.rs"]
 pub mod pagetable_fuzz;
 
+#[path = "../../tests/src/failalloc.rs"]
+pub mod failalloc;
+
+#[path = "../../tests/src/vmbind_fuzz.rs"]
+pub mod vmbind_fuzz;
+
+#[path = "../../tests/src/trace_fuzz.rs"]
+pub mod trace_fuzz;
+
 pub use fuzz_body::run;

@@ -1,4 +1,4 @@
-//! The body of the `sm_ops` fuzz target, shared with the corpus replay test.
+//! The body of the `gpuva_ops` fuzz target (formerly `sm_ops`), shared with the corpus replay test.
 //!
 //! The `fuzz/` crate includes this file (and [`crate::model`], [`crate::harness`]) by path, so the
 //! fuzzer and `cargo test` run the very same code; the input format is a hand-written, stable byte
@@ -6,7 +6,8 @@
 //!
 //! Input: byte 0 selects the [`Geometry`] (its bit 7: empty the space with `clear` at the end
 //! instead of unmapping); then every [`RawReq::SIZE`] bytes are one request ([`RawReq`]); a
-//! trailing partial request is ignored, and at most [`MAX_REQUESTS`] are run. After the last
+//! trailing partial request is ignored, and at most [`MAX_REQUESTS`] are run; the full-state
+//! comparisons run every [`FULL_EVERY`] requests. After the last
 //! request every pin is put, the whole space is emptied, the zombie links are drained, and every
 //! structure must be empty.
 //!
@@ -21,6 +22,10 @@ use crate::harness::{Geometry, Harness, RawReq, Rng};
 /// Requests run per input at most (keeps every input fast).
 pub const MAX_REQUESTS: usize = 128;
 
+/// The harness's full-state comparisons run after every `FULL_EVERY`-th request (and at the
+/// end); the per-request checks run after every request (see `Harness::full_every`).
+pub const FULL_EVERY: u64 = 8;
+
 /// Runs one fuzz input; panics on any violated invariant, never on a bad request.
 pub fn run(data: &[u8]) {
     let _ = run_stats(data);
@@ -28,9 +33,16 @@ pub fn run(data: &[u8]) {
 
 /// [`run`], returning what the harness exercised (`None` for an empty input).
 pub fn run_stats(data: &[u8]) -> Option<crate::harness::Stats> {
+    run_every(data, FULL_EVERY)
+}
+
+/// [`run_stats`] with the full-state comparisons after every `full_every`-th request (1: after
+/// every request, as the corpus replay does).
+pub fn run_every(data: &[u8], full_every: u64) -> Option<crate::harness::Stats> {
     let (&g, rest) = data.split_first()?;
     let geom = Geometry::select(g);
     let mut h = Harness::new(&geom);
+    h.full_every = full_every;
     for chunk in rest.chunks_exact(RawReq::SIZE).take(MAX_REQUESTS) {
         let req = geom.decode(&RawReq::from_bytes(chunk));
         h.run(&req);

@@ -7,9 +7,17 @@
 //!
 //! pagetable: [`pagetable_fuzz`] is the body of the `pagetable_ops` fuzz target (map/unmap/protect
 //! sequences against a page-granular model), also included by the `fuzz/` crate.
+//!
+//! vmbind: [`vmbind_fuzz`] is the body of the `vmbind_jobs` fuzz target (multi-op jobs, syncs,
+//! timeouts, synchronous binds, against sequential execution). sim: [`trace_fuzz`] is the body of
+//! `trace_parser`. [`failalloc`] is an allocation-failure injector (a `#[global_allocator]` a
+//! test binary or fuzz target opts into).
 
+pub mod failalloc;
 pub mod fuzz_body;
 pub mod harness;
 pub mod model;
 pub mod pagetable_fuzz;
 pub mod sink;
+pub mod trace_fuzz;
+pub mod vmbind_fuzz;

@@ -58,7 +58,21 @@ pub struct Model {
     granule: u64,
     /// Page index (`addr / page`) to page.
     pages: BTreeMap<u64, Page>,
+    /// [`Model::mappings`] of the current pages, once computed (cleared by every change).
+    cache: MappingsCache,
 }
+
+/// A memo of [`Model::mappings`]; invisible to equality.
+#[derive(Clone, Debug, Default)]
+struct MappingsCache(std::cell::RefCell<Option<Vec<(Mapping, u64)>>>);
+
+impl PartialEq for MappingsCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for MappingsCache {}
 
 impl Model {
     /// An empty model of `space` with the cut-out `reserved` (empty for none), `page` address units
@@ -79,6 +93,7 @@ impl Model {
             page,
             granule: 1,
             pages: BTreeMap::new(),
+            cache: MappingsCache::default(),
         }
     }
 
@@ -209,6 +224,7 @@ impl Model {
             m.addr.is_multiple_of(self.page) && m.len.is_multiple_of(self.page),
             "unaligned {m:?}"
         );
+        self.cache.0.get_mut().take();
         for p in self.page_indices(m.range()) {
             let offset = m.offset.wrapping_add(p * self.page - m.addr);
             self.pages.insert(
@@ -226,6 +242,7 @@ impl Model {
     /// Unmaps every page of `r`.
     pub fn unmap(&mut self, r: Range<u64>) {
         let idx = self.page_indices(r);
+        self.cache.0.get_mut().take();
         let mut tail = self.pages.split_off(&idx.start);
         let mut after = tail.split_off(&idx.end);
         self.pages.append(&mut after);
@@ -235,6 +252,15 @@ impl Model {
     /// same id, object, flags and a continuous offset.
     #[must_use]
     pub fn mappings(&self) -> Vec<(Mapping, u64)> {
+        if let Some(m) = self.cache.0.borrow().as_ref() {
+            return m.clone();
+        }
+        let out = self.compute_mappings();
+        *self.cache.0.borrow_mut() = Some(out.clone());
+        out
+    }
+
+    fn compute_mappings(&self) -> Vec<(Mapping, u64)> {
         let mut out: Vec<(Mapping, u64)> = Vec::new();
         let mut last: Option<(u64, Page)> = None;
         for (&p, page) in &self.pages {

@@ -4,7 +4,8 @@
 //!
 //! Each input is a sequence of map / unmap / protect requests with arbitrary backings (scattered
 //! pages, block-contiguous chunks, misaligned and out-of-range requests) on one of four formats,
-//! checked after every request against a page-granular model:
+//! checked after every request against a page-granular model (the frame accounting, which
+//! audits every table, after every [`FULL_EVERY`]-th request and at the end):
 //! * every page of the request translates as the model says; the table invariants hold
 //!   ([`PageTable::audit`]);
 //! * a valid request is never refused for want of frames when its reserve is its bound
@@ -33,6 +34,10 @@ pub const REQ_SIZE: usize = 8;
 
 /// Requests run per input at most (keeps every input fast).
 pub const MAX_REQUESTS: usize = 48;
+
+/// The full frame accounting (an audit of every table) runs after every `FULL_EVERY`-th
+/// request and at the end; the request's own pages are checked after every request.
+pub const FULL_EVERY: u64 = 4;
 
 /// Pages of the VA window the requests play in (per format).
 const WINDOW_PAGES: u64 = 2048;
@@ -92,6 +97,8 @@ struct State {
     /// The current job's flush, and jobs whose invalidation is in flight.
     flush: Flush,
     pending: Vec<Flush>,
+    /// Requests run so far.
+    requests: u64,
 }
 
 impl State {
@@ -108,6 +115,7 @@ impl State {
             model: BTreeMap::new(),
             flush: Flush::default(),
             pending: Vec::new(),
+            requests: 0,
         }
     }
 
@@ -134,15 +142,30 @@ impl State {
         assert!(self.pool.in_use() <= self.pool.created());
     }
 
+    /// Every page of `[start, start + len)` translates as the model says: the leaves there are
+    /// decoded by one descent (not a walk per page), then compared page by page.
     fn check_pages(&self, start: u64, len: u64) {
-        for p in (start..start + len).step_by(usize::try_from(self.page()).unwrap_or(4096)) {
-            let got = self
-                .pt
-                .translate(&self.pool, VirtAddr::new(p))
-                .expect("in range")
-                .map(|t| (t.pa.as_u64(), t.attrs));
-            assert_eq!(got, self.model.get(&p).copied(), "page {p:#x}");
+        let page = self.page();
+        let r = start..start + len;
+        let mut got = BTreeMap::new();
+        for (va, size, pa, attrs) in leaves(&self.fmt, &self.pool, self.pt.root(), &r) {
+            let from = va.max(r.start);
+            let to = (va + size).min(r.end);
+            let mut p = from - (from - va) % page;
+            while p < to {
+                got.insert(p, (pa + (p - va), attrs));
+                p += page;
+            }
         }
+        let lo = start - (start - self.base) % page;
+        let want: BTreeMap<u64, (u64, Attrs)> =
+            self.model.range(lo..r.end).map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(got, want, "pages of {start:#x}+{len:#x}");
+    }
+
+    /// Whether the full frame accounting is due (see [`FULL_EVERY`]).
+    fn full_due(&self) -> bool {
+        self.requests.is_multiple_of(FULL_EVERY)
     }
 
     fn absorb(&mut self, f: Flush) {
@@ -184,6 +207,7 @@ impl State {
     }
 
     fn run(&mut self, r: &[u8; REQ_SIZE]) {
+        self.requests += 1;
         let page = self.page();
         let start_page = u64::from(u16::from_le_bytes([r[1], r[2]])) % WINDOW_PAGES;
         let len_pages = match r[3] >> 6 {
@@ -299,7 +323,9 @@ impl State {
             }
             Err(e) => panic!("valid map {start:#x}+{len:#x} refused: {e}"),
         }
-        self.check_frames(reserve.len());
+        if self.full_due() {
+            self.check_frames(reserve.len());
+        }
         reserve.release(&mut self.pool).expect("own frames");
         self.check_pages(start, len);
     }
@@ -372,12 +398,15 @@ impl State {
                 }
             }
         }
-        self.check_frames(reserve.len());
+        if self.full_due() {
+            self.check_frames(reserve.len());
+        }
         reserve.release(&mut self.pool).expect("own frames");
         self.check_pages(start, len);
     }
 
     fn finish(mut self) {
+        self.check_frames(0);
         let (base, span) = (self.base, WINDOW_PAGES * self.page());
         self.range(base, span, None);
         assert!(self.model.is_empty());
@@ -391,6 +420,61 @@ impl State {
             1
         );
         assert_eq!(self.pool.in_use(), 1, "only the root remains");
+    }
+}
+
+/// The valid leaves of the tables under `root` that overlap `range`, in VA order, as
+/// `(va, size, pa, attrs)`: one descent that visits only the entries overlapping `range` (for
+/// any granule and start level), instead of a walk from the root per page.
+///
+/// # Panics
+///
+/// If a table frame does not resolve or holds a descriptor the format never writes.
+#[must_use]
+pub fn leaves(
+    fmt: &Format,
+    mem: &VecPool,
+    root: PhysAddr,
+    range: &std::ops::Range<u64>,
+) -> Vec<(u64, u64, u64, Attrs)> {
+    let mut out = Vec::new();
+    descend(fmt, mem, root, fmt.start_level(), 0, range, &mut out);
+    out
+}
+
+fn descend(
+    fmt: &Format,
+    mem: &VecPool,
+    table: PhysAddr,
+    level: Level,
+    base: u64,
+    r: &std::ops::Range<u64>,
+    out: &mut Vec<(u64, u64, u64, Attrs)>,
+) {
+    use pagetable::{Desc, TableMemory};
+    let (entries, _) = mem.frame(table).expect("table frame resolves");
+    let size = fmt.entry_size(level);
+    let span = size.saturating_mul(entries.len() as u64);
+    let (lo, hi) = (r.start.max(base), r.end.min(base.saturating_add(span)));
+    if lo >= hi {
+        return;
+    }
+    for i in (lo - base) / size..=(hi - 1 - base) / size {
+        let va = base + i * size;
+        let pte = entries[usize::try_from(i).expect("index fits")];
+        match fmt.decode(level, pte) {
+            Desc::Invalid => {}
+            Desc::Table { pa } => {
+                let next = match level {
+                    Level::L0 => Level::L1,
+                    Level::L1 => Level::L2,
+                    _ => Level::L3,
+                };
+                descend(fmt, mem, pa, next, va, r, out);
+            }
+            Desc::Leaf { pa, attrs, size } => out.push((va, size, pa.as_u64(), attrs)),
+            Desc::Reserved => panic!("a descriptor the format never writes at {va:#x}"),
+        }
     }
 }
 

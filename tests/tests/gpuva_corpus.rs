@@ -1,5 +1,5 @@
-//! Replays the committed `sm_ops` fuzz corpus (and any crash artifacts) through the fuzz body, on
-//! stable, as a normal test.
+//! Replays the committed `gpuva_ops` fuzz corpus (the target was called `sm_ops` before) and any
+//! crash artifacts through the fuzz body, on stable, as a normal test.
 //!
 //! The seeds come from `tests::fuzz_body::seeds()`; this test checks that each is committed
 //! unchanged. To (re)write them after changing the seed list:
@@ -8,13 +8,13 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use tests::fuzz_body::{run, seeds};
+use tests::fuzz_body::{run, run_every, seeds};
 
 fn fuzz_dir(sub: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fuzz")
         .join(sub)
-        .join("sm_ops")
+        .join("gpuva_ops")
 }
 
 /// Every regular file in `dir` (none if it does not exist), sorted by name.
@@ -33,7 +33,8 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 
 fn replay(path: &Path) {
     let data = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let r = std::panic::catch_unwind(|| run(&data));
+    // Every check after every request (the fuzz target runs the full comparisons every few).
+    let r = std::panic::catch_unwind(|| run_every(&data, 1));
     assert!(
         r.is_ok(),
         "fuzz input {} fails (see the panic above)",
