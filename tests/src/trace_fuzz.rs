@@ -37,6 +37,9 @@ pub fn render(t: &Trace, hex: bool) -> String {
     if let Some((a, s)) = t.reserve {
         let _ = writeln!(out, "reserve {} {}", n(a), n(s));
     }
+    if t.merge {
+        let _ = writeln!(out, "merge on");
+    }
     for r in &t.requests {
         let _ = match *r {
             Request::Map {
@@ -46,6 +49,11 @@ pub fn render(t: &Trace, hex: bool) -> String {
                 offset,
             } => writeln!(out, "map {} {} {} {}", n(addr), n(size), n(obj), n(offset)),
             Request::Unmap { addr, size } => writeln!(out, "unmap {} {}", n(addr), n(size)),
+            Request::UnmapObject { obj } => writeln!(out, "unmap-obj {}", n(obj.get())),
+            Request::Prefetch { addr, size } => {
+                writeln!(out, "prefetch {} {}", n(addr), n(size))
+            }
+            Request::Split { addr, size } => writeln!(out, "split {} {}", n(addr), n(size)),
         };
     }
     out

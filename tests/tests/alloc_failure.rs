@@ -184,13 +184,8 @@ fn gpuva_op_list_failures_are_clean() {
     for req in reqs {
         let before = Snapshot::of(&vm);
         let points = every_k("op list", |k| {
-            let (res, r) = failalloc::with_plan(Plan::Nth(k), || {
-                match req {
-                    Request::Map(m) => vm.sm_map_ops(m),
-                    Request::Unmap { addr, len } => vm.sm_unmap_ops(addr, len),
-                }
-                .map(|l| l.ops().len())
-            });
+            let (res, r) =
+                failalloc::with_plan(Plan::Nth(k), || vm.request_ops(req).map(|l| l.ops().len()));
             match res {
                 Err(gpuva::OpsError::Sink(_)) => {
                     clean(&r, "op list");
@@ -265,25 +260,20 @@ fn gpuva_random_failures_keep_the_model() {
             Request::Map(m) => m
                 .obj
                 .map(|o| vm.link_obtain(o, &mut claim, || i).expect("link")),
-            Request::Unmap { .. } => None,
+            _ => None,
         };
         let mut sc = shadow.reserve_boxed(need).expect("memory");
         let spin = match req {
             Request::Map(m) => m
                 .obj
                 .map(|o| shadow.link_obtain(o, &mut sc, || 0).expect("link")),
-            Request::Unmap { .. } => None,
+            _ => None,
         };
-        match req {
-            Request::Map(m) => {
-                vm.map(m, &mut claim).expect("map");
-                shadow.map(m, &mut sc).expect("map");
-            }
-            Request::Unmap { addr, len } => {
-                vm.unmap(addr, len, &mut claim).expect("unmap");
-                shadow.unmap(addr, len, &mut sc).expect("unmap");
-            }
-        }
+        vm.step(req, &mut claim, &mut gpuva::Apply::default())
+            .expect("step");
+        shadow
+            .step(req, &mut sc, &mut gpuva::Apply::default())
+            .expect("step");
         vm.release(claim).expect("own");
         shadow.release(sc).expect("own");
         for (v, p) in [(&mut vm, pin), (&mut shadow, spin)] {
