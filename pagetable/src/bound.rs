@@ -13,9 +13,15 @@
 //!   each end not aligned to a table span `S_k` where a block one level up is allowed, one
 //!   level-`k` table; windows shared by both ends count once.
 //! * **job**: the sum of per-op bounds is always safe. [`job_bound`] takes the per-level union
-//!   of windows across each run of consecutive map ops instead (sound: maps never remove tables,
-//!   so a table created by one map is still there for the next). Unmap and protect ops are
-//!   summed, because an unmap can retire a table that a later op then needs again.
+//!   of windows across a *group* of ops instead. A group ends at a protect, and at an unmap (or
+//!   the clear half of a [`JobOp::Replace`]) whose range overlaps a map of the group; other
+//!   unmaps go on in the group, their split tables counted as a second per-level union (a block
+//!   is split at most once per group: only a map could put one back, and a clear of it would
+//!   end the group). Sound because a table is retired only
+//!   when nothing is left mapped under it: every table the group's maps created holds a leaf of
+//!   one of those maps, and no clear inside the group touches any of them, so each such table
+//!   lives until the group ends and is counted once. A clear that does overlap a map of the
+//!   group may retire a table a later op then needs again; the next group counts it again.
 
 use crate::addr::{Chunk, VirtAddr};
 use crate::error::BoundError;
@@ -225,8 +231,18 @@ pub fn panthor_unmap_bound(fmt: &Format, va: VirtAddr, len: u64) -> Result<u64, 
 /// One operation of a job, for [`job_bound`].
 #[derive(Clone, Copy, Debug)]
 pub enum JobOp<'a> {
-    /// A map of `backing` at `va`.
+    /// A map of `backing` at `va` (into a range the job knows is empty).
     Map {
+        /// First VA.
+        va: VirtAddr,
+        /// The backing, in VA order.
+        backing: &'a [Chunk],
+    },
+    /// An unmap of the range `backing` covers at `va` (whatever is there), then a map of
+    /// `backing` there: what a bind of a possibly occupied range does. Counted as the unmap's
+    /// splits plus the map's tables, the map sharing its tables with the job's other maps
+    /// (see [`job_bound`]).
+    Replace {
         /// First VA.
         va: VirtAddr,
         /// The backing, in VA order.
@@ -256,11 +272,14 @@ pub struct WindowRun {
     last: u64,
 }
 
-/// The reservation for a whole job: per-level union of windows over each run of consecutive
-/// map ops, plus the sum of unmap/protect bounds. Never more than the sum of the per-op bounds.
+/// The reservation for a whole job: per-level union of windows over each group of ops (see the
+/// module docs: a group ends at a protect, or at a clear overlapping one of its maps), the
+/// union of the split windows of its unmaps and replaces, and the split bound of every protect.
+/// Never more than the sum of the per-op bounds ([`sum_bound`]).
 ///
-/// `scratch` holds window runs while a group of maps is merged (one run per level per stretch
-/// of consecutive windows; a map of uniformly backed memory needs at most 3 or 4).
+/// `scratch` holds window runs while a group is merged (one run per level per stretch of
+/// consecutive windows; a map of uniformly backed memory needs at most 3 or 4) and the VA
+/// ranges of the group's maps (one per map, or per stretch of contiguous maps).
 ///
 /// # Errors
 ///
@@ -280,6 +299,12 @@ pub struct WindowRun {
 /// let mut scratch = [WindowRun::default(); 8];
 /// assert_eq!(job_bound(&fmt, &ops, &mut scratch)?.total(), 3);
 /// assert_eq!(sum_bound(&fmt, &ops)?.total(), 6);
+/// // As replaces of disjoint ranges they still share them, and the one 2 MiB block they may
+/// // split (one L3 table).
+/// let ops = [JobOp::Replace { va: VirtAddr::new(0x10_0000), backing: &a },
+///            JobOp::Replace { va: VirtAddr::new(0x11_0000), backing: &b }];
+/// assert_eq!(job_bound(&fmt, &ops, &mut scratch)?.total(), 3 + 1);
+/// assert_eq!(sum_bound(&fmt, &ops)?.total(), 6 + 2);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn job_bound(
@@ -292,37 +317,116 @@ pub fn job_bound(
     for op in ops {
         match *op {
             JobOp::Map { va, backing } => {
-                plan_absent(fmt, va, backing, |level, ws| {
-                    let w = ws >> fmt.table_span(level).trailing_zeros();
-                    let level = level.as_u8();
-                    // Extend the previous run at this level if contiguous (the walk is in VA
-                    // order, so runs of one map are produced sorted per level).
-                    let prev = scratch
-                        .get_mut(..used)
-                        .and_then(|s| s.iter_mut().rev().find(|r| r.level == level));
-                    if let Some(r) = prev {
-                        if r.last + 1 == w || r.last == w {
-                            r.last = w;
-                            return Ok(());
-                        }
-                    }
-                    let slot = scratch.get_mut(used).ok_or(BoundError::ScratchFull)?;
-                    *slot = WindowRun {
-                        level,
-                        first: w,
-                        last: w,
-                    };
-                    used += 1;
-                    Ok(())
-                })?;
+                group_map(fmt, va, backing, scratch, &mut used)?;
             }
-            JobOp::Unmap { va, len } | JobOp::Protect { va, len } => {
+            JobOp::Replace { va, backing } => {
+                let len = validate_map(fmt, va, backing)?;
+                total = total + group_clear(fmt, va, len, scratch, &mut used)?;
+                group_map(fmt, va, backing, scratch, &mut used)?;
+            }
+            JobOp::Unmap { va, len } => {
+                total = total + group_clear(fmt, va, len, scratch, &mut used)?;
+            }
+            JobOp::Protect { va, len } => {
                 total = total + union_count(scratch, &mut used);
                 total = total + unmap_bound(fmt, va, len)?;
             }
         }
     }
     Ok(total + union_count(scratch, &mut used))
+}
+
+/// Marks a scratch entry holding the VA range `[first, last)` of a map of the group.
+const RANGE: u8 = u8::MAX;
+
+/// Flags a scratch run of windows of tables a clear of the group may create by a split.
+///
+/// Counted apart from the maps' windows: a split table holds no leaf of the group's maps, so a
+/// later clear may retire it, and a later map must not count on it. A split at a window happens
+/// at most once per group: the block it splits is gone afterwards, and only a map covering the
+/// window could bring one back, whose clear would end the group.
+const SPLIT: u8 = 0x80;
+
+/// Adds a map's windows and its VA range to the group in `scratch[..used]`.
+fn group_map(
+    fmt: &Format,
+    va: VirtAddr,
+    backing: &[Chunk],
+    scratch: &mut [WindowRun],
+    used: &mut usize,
+) -> Result<(), BoundError> {
+    let len = validate_map(fmt, va, backing)?;
+    plan_absent(fmt, va, backing, |level, ws| {
+        let w = ws >> fmt.table_span(level).trailing_zeros();
+        push_run(scratch, used, level.as_u8(), w, w + 1, true)
+    })?;
+    let s = va.as_u64();
+    // Extend the previous range if this map continues it (a stretch of contiguous maps).
+    push_run(scratch, used, RANGE, s, s + len, false)
+}
+
+/// Appends `[first, last]` at `level` (`[first, last)` for [`RANGE`]), or extends the newest
+/// entry of that level if it continues it. `windows`: `last` is exclusive on input and stored
+/// inclusive.
+fn push_run(
+    scratch: &mut [WindowRun],
+    used: &mut usize,
+    level: u8,
+    first: u64,
+    end: u64,
+    windows: bool,
+) -> Result<(), BoundError> {
+    let last = if windows { end - 1 } else { end };
+    // Extend the previous run at this level if contiguous (the walk is in VA order, so runs of
+    // one map are produced sorted per level).
+    let prev = scratch
+        .get_mut(..*used)
+        .and_then(|s| s.iter_mut().rev().find(|r| r.level == level));
+    if let Some(r) = prev {
+        let joins = if windows {
+            r.last + 1 == first || r.last == first
+        } else {
+            r.last == first
+        };
+        if joins {
+            r.last = last;
+            return Ok(());
+        }
+    }
+    let slot = scratch.get_mut(*used).ok_or(BoundError::ScratchFull)?;
+    *slot = WindowRun { level, first, last };
+    *used += 1;
+    Ok(())
+}
+
+/// A clear of `[va, va + len)` inside the group: its split bound; the group ends first if the
+/// range overlaps one of the group's maps (the clear may then retire a table they created).
+fn group_clear(
+    fmt: &Format,
+    va: VirtAddr,
+    len: u64,
+    scratch: &mut [WindowRun],
+    used: &mut usize,
+) -> Result<TableCount, BoundError> {
+    validate_range(fmt, va, len)?;
+    let (a, b) = (va.as_u64(), va.as_u64() + len);
+    let overlaps = scratch.get(..*used).is_some_and(|s| {
+        s.iter()
+            .any(|r| r.level == RANGE && r.first < b && a < r.last)
+    });
+    let mut c = TableCount::default();
+    if overlaps {
+        c = union_count(scratch, used);
+    }
+    // The split tables join the group's union of split windows.
+    let mut res = Ok(());
+    unmap_windows(fmt, va, len, &mut |level, ws| {
+        if res.is_ok() {
+            let w = ws >> fmt.table_span(level).trailing_zeros();
+            res = push_run(scratch, used, SPLIT | level.as_u8(), w, w + 1, true);
+        }
+    })?;
+    res.map(|()| c)
 }
 
 /// Counts the union of `scratch[..used]` per level and empties it.
@@ -333,7 +437,7 @@ fn union_count(scratch: &mut [WindowRun], used: &mut usize) -> TableCount {
     };
     runs.sort_unstable();
     let mut cur: Option<WindowRun> = None;
-    for r in runs.iter() {
+    for r in runs.iter().filter(|r| r.level != RANGE) {
         match cur {
             Some(ref mut x) if x.level == r.level && r.first <= x.last + 1 => {
                 x.last = x.last.max(r.last)
@@ -354,7 +458,7 @@ fn union_count(scratch: &mut [WindowRun], used: &mut usize) -> TableCount {
 }
 
 fn add_run(c: &mut TableCount, r: WindowRun) {
-    if let Some(n) = c.per_level.get_mut(usize::from(r.level)) {
+    if let Some(n) = c.per_level.get_mut(usize::from(r.level & !SPLIT)) {
         *n += r.last - r.first + 1;
     }
 }
@@ -391,6 +495,10 @@ pub fn sum_bound(fmt: &Format, ops: &[JobOp<'_>]) -> Result<TableCount, BoundErr
     for op in ops {
         t = t + match *op {
             JobOp::Map { va, backing } => map_bound(fmt, va, backing)?,
+            JobOp::Replace { va, backing } => {
+                let len = validate_map(fmt, va, backing)?;
+                map_bound(fmt, va, backing)? + unmap_bound(fmt, va, len)?
+            }
             JobOp::Unmap { va, len } | JobOp::Protect { va, len } => unmap_bound(fmt, va, len)?,
         };
     }

@@ -180,6 +180,10 @@ pub fn lock_range(fmt: &Format, op: &JobOp<'_>) -> Result<Range<u64>, BoundError
             let len = validate_map(fmt, va, backing)?;
             (va.as_u64(), va.as_u64() + len, false)
         }
+        JobOp::Replace { va, backing } => {
+            let len = validate_map(fmt, va, backing)?;
+            (va.as_u64(), va.as_u64() + len, true)
+        }
         JobOp::Unmap { va, len } | JobOp::Protect { va, len } => {
             validate_range(fmt, va, len)?;
             (va.as_u64(), va.as_u64() + len, true)

@@ -116,6 +116,34 @@ impl Reserve {
         Ok(())
     }
 
+    /// Moves up to `n` frames from `from` into this reserve, without allocating or zeroing
+    /// (reserved frames are zero and stay so until popped); returns how many moved. Both
+    /// reserves must hold frames of `mem`. Lets a caller keep unused reserved frames for a
+    /// later reservation instead of freeing and re-zeroing them.
+    ///
+    /// Stops early only if `from` holds a frame that does not resolve in `mem` (that frame
+    /// stays in `from`).
+    pub fn take_from<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        from: &mut Reserve,
+        n: usize,
+    ) -> usize {
+        let mut moved = 0;
+        while moved < n {
+            let Ok(Some(pa)) = from.frames.pop(mem) else {
+                break;
+            };
+            if self.frames.push(mem, pa).is_err() {
+                // `pop` just resolved it in `mem`, so this cannot happen; keep it in `from`.
+                let _ = from.frames.push(mem, pa);
+                break;
+            }
+            moved += 1;
+        }
+        moved
+    }
+
     fn unwind<A: FrameAlloc + ?Sized>(&mut self, alloc: &mut A, keep: usize) {
         while self.frames.len() > keep {
             match self.frames.pop(alloc) {

@@ -194,6 +194,7 @@ proptest! {
         let bound = match op {
             JobOp::Map { va, backing } => map_bound(&fmt, va, backing).unwrap(),
             JobOp::Unmap { va, len } | JobOp::Protect { va, len } => unmap_bound(&fmt, va, len).unwrap(),
+            JobOp::Replace { .. } => unreachable!("not generated"),
         };
         let mut r = Reserve::new();
         r.try_fill(&mut h.pool, bound.total()).unwrap();
@@ -201,6 +202,7 @@ proptest! {
             JobOp::Map { va, backing } => h.pt.map(&mut h.pool, &mut r, RegionLocked, va, backing, Attrs::default()).unwrap(),
             JobOp::Unmap { va, len } => h.pt.unmap(&mut h.pool, &mut r, RegionLocked, va, len).unwrap(),
             JobOp::Protect { va, len } => h.pt.protect(&mut h.pool, &mut r, RegionLocked, va, len, ro).unwrap(),
+            JobOp::Replace { .. } => unreachable!("not generated"),
         };
         if let Some(c) = flush.changed() {
             prop_assert!(lock.start <= c.start && c.end <= lock.end, "{:x?} outside {:x?}", c, lock);

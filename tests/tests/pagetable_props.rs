@@ -229,6 +229,82 @@ proptest! {
         complete(g, &mut h.pool);
     }
 
+    /// The job bound is never undercounted: from a random state (pages and blocks, some
+    /// unmapped again), a random job of replaces (clear then map, as a bind does), unmaps,
+    /// protects and maps into ranges the job knows are free, run in one update context on
+    /// exactly `job_bound` frames, succeeds op by op and draws at most the bound; the bound
+    /// is never more than the per-op sum.
+    #[test]
+    fn job_bound_never_undercounts(which in 0u8..4, place in 0u8..3, seed in any::<u64>(), nops in 1usize..12) {
+        let (fmt, base, window) = setup(which, place);
+        let mut rng = SeedRng(seed);
+        let mut h = Harness::new(fmt);
+        for _ in 0..10 {
+            let (s, l) = random_range(&mut rng, &fmt, base, window);
+            if rng.chance(25) {
+                h.unmap(s, l);
+            } else {
+                let backing = random_backing(&mut rng, &fmt, l);
+                let _ = h.map(s, &backing, Attrs::default());
+            }
+        }
+        h.complete_all();
+        // Ops cluster in a sub-window half the time, so they overlap each other and the state.
+        let (sub_base, sub_win) = if rng.chance(50) {
+            let w = (window / 8).max(fmt.page_size());
+            (base + w * rng.below(8), w)
+        } else {
+            (base, window)
+        };
+        let mut occupied: std::collections::BTreeSet<u64> = h.model.keys().copied().collect();
+        let page = fmt.page_size();
+        let mut plan: Vec<(u8, u64, u64, Vec<Chunk>)> = Vec::new();
+        for _ in 0..nops {
+            let (s, l) = random_range(&mut rng, &fmt, sub_base, sub_win);
+            let kind = rng.below(10) as u8;
+            let pages: Vec<u64> = (s..s + l).step_by(page as usize).collect();
+            let kind = match kind {
+                0..=5 => 0, // replace
+                6 if pages.iter().all(|p| !occupied.contains(p)) => 3, // map into free
+                6..=8 => 1, // unmap
+                _ => 2, // protect
+            };
+            match kind {
+                0 | 3 => occupied.extend(pages),
+                1 => pages.iter().for_each(|p| { occupied.remove(p); }),
+                _ => {}
+            }
+            let backing = if kind == 0 || kind == 3 { random_backing(&mut rng, &fmt, l) } else { Vec::new() };
+            plan.push((kind, s, l, backing));
+        }
+        let ops: Vec<JobOp<'_>> = plan.iter().map(|(k, s, l, b)| match k {
+            0 => JobOp::Replace { va: va(*s), backing: b },
+            3 => JobOp::Map { va: va(*s), backing: b },
+            1 => JobOp::Unmap { va: va(*s), len: *l },
+            _ => JobOp::Protect { va: va(*s), len: *l },
+        }).collect();
+        let bound = job_bound_alloc(&fmt, &ops).unwrap().total();
+        prop_assert!(bound <= sum_bound(&fmt, &ops).unwrap().total());
+        let mut r = Reserve::new();
+        r.try_fill(&mut h.pool, bound).unwrap();
+        let mut ctx = h.pt.update(&mut h.pool, &mut r, RegionLocked);
+        for (i, (k, s, l, b)) in plan.iter().enumerate() {
+            match k {
+                0 => {
+                    ctx.unmap(va(*s), *l).map_err(|e| TestCaseError::fail(format!("op {i} clear: {e:?}")))?;
+                    ctx.map(va(*s), b, Attrs::default()).map_err(|e| TestCaseError::fail(format!("op {i} replace: {e:?}")))?;
+                }
+                3 => ctx.map(va(*s), b, Attrs::default()).map_err(|e| TestCaseError::fail(format!("op {i} map: {e:?}")))?,
+                1 => ctx.unmap(va(*s), *l).map_err(|e| TestCaseError::fail(format!("op {i} unmap: {e:?}")))?,
+                _ => ctx.protect(va(*s), *l, random_attrs(&mut rng)).map_err(|e| TestCaseError::fail(format!("op {i} protect: {e:?}")))?,
+            }
+        }
+        let g = ctx.finish();
+        r.release(&mut h.pool).unwrap();
+        h.pt.audit(&h.pool).unwrap();
+        complete(g, &mut h.pool);
+    }
+
     /// Rejected requests leave every reachable table bit-identical, and the reserve and
     /// gather untouched.
     #[test]

@@ -31,7 +31,7 @@
 //!   the kernel cut-out, object bounds through an [`ObjectRegistry`]) and reserves the whole
 //!   job's worst case: gpuva nodes as the sum of [`gpuva::GpuVm::nodes_for`] over the ops plus
 //!   one link per distinct object (pinned), and page-table frames as [`pagetable::job_bound`]
-//!   over the job's table operations. The bounds are pure functions of the ops and the VM
+//!   over the job's table operations (each map a [`pagetable::JobOp::Replace`]). The bounds are pure functions of the ops and the VM
 //!   geometry, never of the tree or tables, so a queued job is covered whatever runs before
 //!   it. If anything fails, nothing anywhere changed.
 //! * **run** applies every op through the gpuva step visitor: each step writes the page tables
@@ -65,6 +65,27 @@
 //! * New: [`queue::Submit`], [`queue::SubmitError`], [`queue::run_sync`].
 //! * Prepare finds distinct objects by sorting, so objects are looked up in ascending id order
 //!   (errors still name the first op that failed).
+//!
+//! # Changes since `vmbind-v2`
+//!
+//! * The page-table reservation counts each map op as one [`pagetable::JobOp::Replace`]
+//!   (clear, then map) instead of an unmap and a map; [`pagetable::job_bound`] lets the maps of
+//!   a job share their tables (and its clears their block splits) unless a clear overlaps an
+//!   earlier map of the job. A job of sixteen scattered one-page binds in one 2 MiB window now
+//!   reserves 4 frames, not 64. [`PreparedJob::frames`] is smaller accordingly.
+//! * The VM keeps the zeroed frames left unused by cleaned-up jobs and hands them to later
+//!   reservations ([`Vm::spare_frames`]), and keeps gpuva spare nodes up to the largest
+//!   single-job claim of the last 64 to 128 jobs (at least [`VmConfig::spare_nodes`]). So
+//!   [`Vm::memory`]'s frames in use are the tables plus [`Vm::spare_frames`] (they go back to
+//!   the allocator when the VM is dropped).
+//! * New: [`DoneJob::summary`] and [`JobSummary`] (frames and nodes reserved, used, returned,
+//!   retired), [`queue::BindQueue::poll_with`] (a summary per finished job),
+//!   [`Vm::set_evicted`] (the link's evicted state, for a shrinker).
+//! * A run stage that fails (a broken table memory, or a reservation made short with the
+//!   doc-hidden test switch `Vm::set_reservation_shortfall`) no longer trips a debug assertion:
+//!   it stops at the failing op, the job and its out-fence carry [`JobError::Fault`], and the
+//!   VM becomes unusable (maps refused with [`PrepareError::Unusable`], unmaps still run), in
+//!   debug and release builds alike.
 //!
 //! # Examples
 //!
@@ -200,7 +221,9 @@ pub use job::{BindJob, BindOp, MapFlags, Mode, OpError, SyncDesc, SyncFlags, Syn
 pub use obj::{ObjRef, ObjectRegistry};
 pub use sync::{Fence, JobFence, Point, SyncError, SyncTable, Syncobj};
 #[cfg(feature = "alloc")]
-pub use vm::{DoneJob, Mmu, NewError, PrepareError, PreparedJob, VaSpace, Vm, VmConfig};
+pub use vm::{
+    DoneJob, JobSummary, Mmu, NewError, PrepareError, PreparedJob, VaSpace, Vm, VmConfig,
+};
 
 /// Why a job failed after prepare; carried by its out-fence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

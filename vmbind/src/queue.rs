@@ -41,7 +41,7 @@ use core::ops::Range;
 use crate::job::{BindJob, Mode, SyncDesc, SyncKind};
 use crate::obj::{ObjRef, ObjectRegistry};
 use crate::sync::{Fence, JobFence, Point, SyncError, SyncTable, Syncobj};
-use crate::vm::{Mmu, PrepareError, PreparedJob, Vm};
+use crate::vm::{JobSummary, Mmu, PrepareError, PreparedJob, Vm};
 use crate::JobError;
 use pagetable::FrameAlloc;
 
@@ -279,6 +279,18 @@ where
         vm: &mut Vm<R, M, U, O::Fence>,
         now: u64,
     ) -> Progress {
+        self.poll_with(vm, now, |_| {})
+    }
+
+    /// [`BindQueue::poll`], calling `each` with the [`JobSummary`] of every job it finished
+    /// (run or failed), in order: what the job reserved, used and gives back. Allocates
+    /// nothing itself.
+    pub fn poll_with<M: FrameAlloc, U: Mmu>(
+        &mut self,
+        vm: &mut Vm<R, M, U, O::Fence>,
+        now: u64,
+        mut each: impl FnMut(&JobSummary),
+    ) -> Progress {
         let mut p = Progress::default();
         while let Some(head) = self.jobs.front_mut() {
             let Some(verdict) = head.verdict(now) else {
@@ -304,6 +316,7 @@ where
                     } else {
                         p.failed += 1;
                     }
+                    each(&d.summary());
                     vm.defer(d);
                     self.retire(fences, waits);
                 }

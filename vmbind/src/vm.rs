@@ -7,8 +7,8 @@ use core::ops::Range;
 use gpuva::{BoxNode, Claim, GpuVm, LinkError, LinkPin, Mapping, ObjId, Request, SmVisitor};
 use gpuva::{OpMap, OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped};
 use pagetable::{
-    job_bound_alloc, Attrs, BoundError, Chunk, Flush, FrameAlloc, JobOp, LockRegion, PageTable,
-    Reclaim, Reserve, TlbInvalidate, UpdateContext, UpdateHooks, VirtAddr,
+    job_bound, Attrs, BoundError, Chunk, Flush, FrameAlloc, JobOp, LockRegion, PageTable, Reclaim,
+    Reserve, TlbInvalidate, UpdateContext, UpdateHooks, VirtAddr, WindowRun,
 };
 
 use crate::job::{BindJob, BindOp, MapFlags, Mode, OpError};
@@ -163,12 +163,16 @@ struct Held<R> {
     vm: usize,
     steps: Vec<Step>,
     backing: Vec<Chunk>,
-    /// One reference per distinct object, dropped in cleanup.
-    refs: Vec<(ObjId, R)>,
+    /// One reference per distinct object (all `Some` after prepare), dropped in cleanup.
+    refs: Vec<(ObjId, Option<R>)>,
     pins: Vec<LinkPin>,
     claim: Claim,
     reserve: Reserve,
     frames: u64,
+    /// Nodes claimed at prepare (after the links took theirs).
+    nodes: usize,
+    /// Nodes the run drew from the VM's spare cache.
+    drawn: usize,
     lock: Option<LockRegion>,
     span: Option<Range<u64>>,
     mode: Mode,
@@ -271,6 +275,49 @@ impl<R, F> DoneJob<R, F> {
     pub fn unused_nodes(&self) -> usize {
         self.held.claim.nodes()
     }
+
+    /// What the job reserved, used and gives back (the per-job slack).
+    #[must_use]
+    pub fn summary(&self) -> JobSummary {
+        let unused = u64::try_from(self.unused_frames()).unwrap_or(u64::MAX);
+        let drawn = self.held.drawn.min(self.held.nodes);
+        JobSummary {
+            result: self.result,
+            frames_reserved: self.held.frames,
+            frames_used: self.held.frames.saturating_sub(unused),
+            frames_returned: unused,
+            frames_retired: u64::try_from(self.retired_frames()).unwrap_or(u64::MAX),
+            nodes_reserved: self.held.nodes,
+            nodes_used: drawn,
+            nodes_returned: self.held.nodes - drawn,
+        }
+    }
+}
+
+/// A finished job's reservation against its use ([`DoneJob::summary`], and per job from
+/// [`BindQueue::poll_with`](crate::queue::BindQueue::poll_with)).
+///
+/// `frames_used + frames_returned == frames_reserved` and `nodes_used + nodes_returned ==
+/// nodes_reserved`; an aborted job uses nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobSummary {
+    /// How the job ended.
+    pub result: Result<(), JobError>,
+    /// Page-table frames reserved by prepare.
+    pub frames_reserved: u64,
+    /// Frames the run took from the reservation (new tables).
+    pub frames_used: u64,
+    /// Frames left over, returned by cleanup.
+    pub frames_returned: u64,
+    /// Table frames the run retired (freed by cleanup after the invalidation).
+    pub frames_retired: u64,
+    /// gpuva nodes claimed by prepare (after the object links took theirs).
+    pub nodes_reserved: usize,
+    /// Nodes the run drew from the VM's spare cache (gpuva's [`gpuva::GpuVm::nodes_taken`] across
+    /// the run; the claim itself is charged each request's whole bound).
+    pub nodes_used: usize,
+    /// Nodes not drawn, back in the spare cache after cleanup.
+    pub nodes_returned: usize,
 }
 
 /// The gpuva VA space of a [`Vm`]: no mapping payload, the object reference as link payload.
@@ -298,7 +345,22 @@ pub struct Vm<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence = ()> {
     /// Jobs prepared and not yet cleaned up or deferred.
     outstanding: usize,
     unusable: bool,
+    /// Zeroed frames left over by cleaned-up jobs, handed to the next reservations before the
+    /// allocator is asked (at most [`Vm::spare_frames`] of them are kept).
+    spare: Reserve,
+    /// Scratch of the page-table job bound, kept between prepares.
+    scratch: Vec<WindowRun>,
+    /// Sliding peaks of one job's reservation (frames, nodes): the current window and the
+    /// previous one, and jobs cleaned up in the current window.
+    peaks: [(u64, usize); 2],
+    peak_jobs: u32,
+    /// Frames each later prepare reserves below the bound (test switch, see
+    /// [`Vm::set_reservation_shortfall`]).
+    shortfall: u64,
 }
+
+/// Jobs per window of the sliding peak that sizes the spare caches.
+const PEAK_WINDOW: u32 = 64;
 
 impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> fmt::Debug for Vm<R, M, U, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -418,6 +480,11 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
             done: Vec::new(),
             outstanding: 0,
             unusable: false,
+            spare: Reserve::new(),
+            scratch: Vec::new(),
+            peaks: [(0, 0); 2],
+            peak_jobs: 0,
+            shortfall: 0,
         })
     }
 
@@ -468,6 +535,35 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
         self.done.len()
     }
 
+    /// Zeroed table frames the VM keeps from cleaned-up jobs' unused reservations, handed to the
+    /// next prepares before the allocator is asked. Cleanup keeps at most the largest single-job
+    /// reservation of the last 64 to 128 jobs, and gives the rest back to the allocator.
+    #[must_use]
+    pub fn spare_frames(&self) -> usize {
+        self.spare.len()
+    }
+
+    /// Marks the link of `obj` evicted (its pages are gone: the shrinker took them) or valid
+    /// again ([`gpuva::GpuVm::set_evicted`]); evicted links are listed by
+    /// [`gpuva::GpuVm::evicted_links`]. Changes no mapping or table.
+    ///
+    /// # Errors
+    ///
+    /// [`gpuva::LinkError::NoLink`] if `obj` has no link in this VM (nothing changed).
+    pub fn set_evicted(&mut self, obj: ObjId, evicted: bool) -> Result<(), LinkError> {
+        self.va.set_evicted(obj, evicted)
+    }
+
+    /// Test switch: every later prepare reserves `frames` page-table frames fewer than its
+    /// bound (saturating; 0 turns it off), so that a simulator or a test can make a run stage
+    /// run out of frames. Such a run stops at the op that ran short: the job fails with
+    /// [`JobError::Fault`], its out-fence carries it, the VM becomes unusable (see
+    /// [`Vm::is_unusable`]); nothing panics, in debug or release builds.
+    #[doc(hidden)]
+    pub fn set_reservation_shortfall(&mut self, frames: u64) {
+        self.shortfall = frames;
+    }
+
     /// Whether a run stage failed on this VM (its page tables may disagree with its VA
     /// tracker): maps are refused from then on, unmaps still run.
     #[must_use]
@@ -480,7 +576,9 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
     ///
     /// Reserved: gpuva nodes for every op's request kind plus one link per distinct object;
     /// page-table frames as [`pagetable::job_bound`] over the job's table operations (each map
-    /// op is an unmap of its range, clearing whatever was there, then the map).
+    /// op a [`JobOp::Replace`]: a clear of its range, whatever was there, then the map). The
+    /// frames come from the VM's spare frames first ([`Vm::spare_frames`]), then from the
+    /// allocator.
     ///
     /// # Errors
     ///
@@ -499,22 +597,21 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
         // 1. Validate every op against the VA space; look objects up (one reference each).
         // The distinct objects, sorted (O(n log n)); `slots[i]` gets the reference of `ids[i]`
         // when the first op naming it is validated.
-        let mut ids: Vec<ObjId> = Vec::new();
-        ids.try_reserve_exact(job.ops.len()).map_err(nomem)?;
+        let maps = job
+            .ops
+            .iter()
+            .filter(|op| matches!(op, BindOp::Map { .. }))
+            .count();
+        let mut refs: Vec<(ObjId, Option<R>)> = Vec::new();
+        refs.try_reserve_exact(maps).map_err(nomem)?;
         for op in job.ops {
             if let BindOp::Map { obj, .. } = *op {
                 #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
-                ids.push(obj);
+                refs.push((obj, None));
             }
         }
-        ids.sort_unstable();
-        ids.dedup();
-        let mut slots: Vec<Option<R>> = Vec::new();
-        slots.try_reserve_exact(ids.len()).map_err(nomem)?;
-        for _ in 0..ids.len() {
-            #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
-            slots.push(None);
-        }
+        refs.sort_unstable_by_key(|(obj, _)| *obj);
+        refs.dedup_by_key(|(obj, _)| *obj);
         let mut steps: Vec<Step> = Vec::new();
         steps.try_reserve_exact(job.ops.len()).map_err(nomem)?;
         let mut backing: Vec<Chunk> = Vec::new();
@@ -540,10 +637,11 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
                     if offset & (page - 1) != 0 {
                         return Err(bad(OpError::UnalignedOffset));
                     }
-                    let slot = ids
-                        .binary_search(&obj)
+                    let slot = refs
+                        .binary_search_by_key(&obj, |(o, _)| *o)
                         .ok()
-                        .and_then(|i| slots.get_mut(i))
+                        .and_then(|i| refs.get_mut(i))
+                        .map(|(_, r)| r)
                         .ok_or(PrepareError::NoMemory)?;
                     if slot.is_none() {
                         let got = registry
@@ -589,21 +687,11 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
                 BindOp::SyncOnly => {}
             }
         }
-        let mut refs: Vec<(ObjId, R)> = Vec::new();
-        refs.try_reserve_exact(ids.len()).map_err(nomem)?;
-        for (obj, r) in ids.into_iter().zip(slots) {
-            if let Some(r) = r {
-                #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
-                refs.push((obj, r));
-            }
-        }
         need_nodes += self.va.link_nodes() * refs.len();
 
         // 2. The page-table bound over the job's table operations.
         let mut table_ops: Vec<JobOp<'_>> = Vec::new();
-        table_ops
-            .try_reserve_exact(2 * steps.len())
-            .map_err(nomem)?;
+        table_ops.try_reserve_exact(steps.len()).map_err(nomem)?;
         for s in &steps {
             #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
             match s {
@@ -612,13 +700,8 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
                     backing: b,
                     ..
                 } => {
-                    let va = VirtAddr::new(mapping.addr);
-                    table_ops.push(JobOp::Unmap {
-                        va,
-                        len: mapping.len,
-                    });
-                    table_ops.push(JobOp::Map {
-                        va,
+                    table_ops.push(JobOp::Replace {
+                        va: VirtAddr::new(mapping.addr),
                         backing: backing.get(b.clone()).unwrap_or(&[]),
                     });
                 }
@@ -628,10 +711,20 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
                 }),
             }
         }
-        let frames = match job_bound_alloc(&fmt, &table_ops) {
-            Ok(c) => c.total(),
-            Err(BoundError::ScratchFull) => return Err(PrepareError::NoMemory),
-            Err(e) => return Err(PrepareError::Backing(e)),
+        let frames = loop {
+            match job_bound(&fmt, &table_ops, &mut self.scratch) {
+                Ok(c) => break c.total().saturating_sub(self.shortfall),
+                Err(BoundError::ScratchFull) => {
+                    // Grown fallibly and kept for later jobs (not observable state).
+                    let want = self.scratch.len().max(4).saturating_mul(4);
+                    self.scratch
+                        .try_reserve_exact(want - self.scratch.len())
+                        .map_err(nomem)?;
+                    #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
+                    self.scratch.resize(want, WindowRun::default());
+                }
+                Err(e) => return Err(PrepareError::Backing(e)),
+            }
         };
         let lock = if self.config.lock_region {
             pagetable::job_lock_range(&fmt, &table_ops)
@@ -655,19 +748,23 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
 
         // 3. Reserve: frames, then nodes, then links; each failure undoes the ones before.
         let mut reserve = Reserve::new();
-        reserve
-            .try_fill(&mut self.mem, frames)
-            .map_err(|_| PrepareError::NoMemory)?;
+        let want = usize::try_from(frames).unwrap_or(usize::MAX);
+        let from_spare = reserve.take_from(&mut self.mem, &mut self.spare, want);
+        let fresh = frames - u64::try_from(from_spare).unwrap_or(0);
+        if reserve.try_fill(&mut self.mem, fresh).is_err() {
+            self.give_back(reserve, from_spare);
+            return Err(PrepareError::NoMemory);
+        }
         let spare_before = self.va.spare_nodes();
         let claimed_before = self.va.claimed_nodes();
         let mut claim = match self.va.reserve_boxed(need_nodes) {
             Ok(c) => c,
             Err(_) => {
-                let _ = reserve.release(&mut self.mem);
+                self.give_back(reserve, from_spare);
                 return Err(PrepareError::NoMemory);
             }
         };
-        for (obj, r) in &refs {
+        for (obj, r) in refs.iter().filter_map(|(o, r)| Some((o, r.as_ref()?))) {
             match self.va.link_obtain(*obj, &mut claim, || r.clone()) {
                 #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
                 Ok(pin) => pins.push(pin),
@@ -678,7 +775,7 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
                     self.va.drain_zombies(|_, r| drop(r));
                     let _ = self.va.release(claim);
                     drop(self.va.trim(spare_before.saturating_sub(claimed_before)));
-                    let _ = reserve.release(&mut self.mem);
+                    self.give_back(reserve, from_spare);
                     return Err(PrepareError::Link(e));
                 }
             }
@@ -692,6 +789,8 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
                 backing,
                 refs,
                 pins,
+                nodes: claim.nodes(),
+                drawn: 0,
                 claim,
                 reserve,
                 frames,
@@ -732,6 +831,7 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
             self.mmu.lock(region);
         }
         let mut result = Ok(());
+        let taken = self.va.nodes_taken();
         let flush = {
             let Held {
                 steps,
@@ -772,7 +872,8 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
                     }
                 };
                 if res.is_err() {
-                    debug_assert!(false, "run step failed on prepared input: {res:?}");
+                    // Impossible on a full reservation (a broken table memory, or the test
+                    // switch `set_reservation_shortfall`): stop, report, refuse maps from now.
                     self.unusable = true;
                     result = Err(JobError::Fault);
                     break;
@@ -780,6 +881,8 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
             }
             ctx.finish()
         };
+        held.drawn =
+            usize::try_from(self.va.nodes_taken().wrapping_sub(taken)).unwrap_or(usize::MAX);
         let (reclaim, pending) = match flush.invalidate(&mut self.mmu) {
             Ok(r) => (Some(r), None),
             Err(e) => {
@@ -885,6 +988,15 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
         stuck
     }
 
+    /// Undoes a prepare's frame reservation: the `from_spare` frames go back to the spare
+    /// reserve, the rest (freshly allocated) back to the allocator.
+    fn give_back(&mut self, mut reserve: Reserve, from_spare: usize) {
+        self.spare
+            .take_from(&mut self.mem, &mut reserve, from_spare);
+        let res = reserve.release(&mut self.mem);
+        debug_assert!(res.is_ok(), "reserved frame refused by its own pool");
+    }
+
     #[expect(
         clippy::result_large_err,
         reason = "the job comes back by value: boxing it would allocate"
@@ -909,8 +1021,29 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
             let res = r.release(&mut self.mem);
             debug_assert!(res.is_ok(), "retired frame refused by its own pool");
         }
+        // The sliding peak of one job's reservation sizes the spare caches.
+        self.peak_jobs += 1;
+        if self.peak_jobs > PEAK_WINDOW {
+            self.peaks = [(0, 0), self.peaks[0]];
+            self.peak_jobs = 1;
+        }
+        let need_nodes = held.nodes + held.pins.len() * self.va.link_nodes();
+        self.peaks[0].0 = self.peaks[0].0.max(held.frames);
+        self.peaks[0].1 = self.peaks[0].1.max(need_nodes);
+        let keep_frames = self.peaks[0].0.max(self.peaks[1].0);
+        let keep_nodes = self.peaks[0].1.max(self.peaks[1].1);
+        let room = usize::try_from(keep_frames)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.spare.len());
+        self.spare.take_from(&mut self.mem, &mut held.reserve, room);
         let res = held.reserve.release(&mut self.mem);
         debug_assert!(res.is_ok(), "reserved frame refused by its own pool");
+        if self.spare.len() > usize::try_from(keep_frames).unwrap_or(usize::MAX) {
+            let mut surplus = Reserve::new();
+            let n = self.spare.len() - usize::try_from(keep_frames).unwrap_or(0);
+            surplus.take_from(&mut self.mem, &mut self.spare, n);
+            let _ = surplus.release(&mut self.mem);
+        }
         let res = self.va.release(held.claim);
         debug_assert!(res.is_ok());
         for pin in held.pins.drain(..) {
@@ -918,7 +1051,7 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
             debug_assert!(res.is_ok());
         }
         self.va.drain_zombies(|_, r| drop(r));
-        drop(self.va.trim(self.config.spare_nodes));
+        drop(self.va.trim(self.config.spare_nodes.max(keep_nodes)));
         self.frames_in_flight = self.frames_in_flight.saturating_sub(held.frames);
         drop(fence);
         drop(held.refs);
@@ -935,5 +1068,6 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Drop for Vm<R, M, U, F> {
                 let _ = f.forget();
             }
         }
+        let _ = self.spare.release(&mut self.mem);
     }
 }
