@@ -12,4 +12,5 @@ pub mod phys;
 pub mod report;
 pub mod scenario;
 pub mod trace;
+pub mod usq;
 pub mod world;

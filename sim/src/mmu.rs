@@ -173,6 +173,9 @@ pub struct Faults {
     pub skip_walk_invalidate: bool,
     /// Allocate inside the signalling section (in the invalidation hook).
     pub alloc_in_run: bool,
+    /// Let GPU accesses proceed inside a held lock region instead of stalling them (a block
+    /// split then becomes visible to work in flight).
+    pub ignore_lock: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -209,6 +212,8 @@ struct VmState {
     walk: Vec<WalkEntry>,
     /// Invalidations reported complete, newest last (bounded, allocated up front).
     log: VecDeque<Inval>,
+    /// VA ranges that GPU work in flight on this VM is accessing (set between steps).
+    inflight: Vec<Range<u64>>,
 }
 
 /// MMU counters.
@@ -254,6 +259,9 @@ pub struct MmuStats {
     pub as_evictions: u64,
     /// Signalling sections entered.
     pub sections: u64,
+    /// Block splits under GPU work in flight that a lock region stalled (the work saw the
+    /// update as atomic).
+    pub lock_stalls: u64,
 }
 
 /// Hazards the MMU detects on its own.
@@ -266,6 +274,9 @@ pub struct MmuHazards {
     pub stale_walk: u64,
     /// A walk through a table frame that was freed or reused since it was cached or linked.
     pub freed_table: u64,
+    /// A block split (break-before-make window) inside a range that GPU work in flight was
+    /// accessing, with no lock region stalling it: the work could fault on mapped memory.
+    pub split_visible: u64,
 }
 
 /// The GPU's MMU: slots, per-VM caches, counters.
@@ -317,6 +328,7 @@ impl Gpu {
             tlb: Vec::with_capacity(self.tlb_capacity),
             walk: Vec::with_capacity(self.walk_capacity),
             log: VecDeque::with_capacity(LOG_CAP),
+            inflight: Vec::new(),
         });
         u32::try_from(self.vms.len() - 1).unwrap_or(u32::MAX)
     }
@@ -544,6 +556,15 @@ impl Gpu {
         self.vms[vm as usize].lock = Some(region);
     }
 
+    /// Declares the VA ranges GPU work in flight on `vm` is accessing (replacing the previous
+    /// set; an empty slice when the VM is idle). Called between steps, never in a run stage.
+    pub fn set_inflight(&mut self, vm: u32, ranges: &[Range<u64>]) {
+        if let Some(v) = self.vms.get_mut(vm as usize) {
+            v.inflight.clear();
+            v.inflight.extend_from_slice(ranges);
+        }
+    }
+
     fn split(&mut self, vm: u32, block: Range<u64>) {
         self.stats.splits += 1;
         // Without a lock region covering the block, the walker wants no TLB entry for it to
@@ -551,6 +572,19 @@ impl Gpu {
         let locked = self.vms[vm as usize]
             .lock
             .is_some_and(|l| l.covers(block.clone()));
+        // The block descriptor is cleared now. Work in flight inside the block either stalls
+        // on the lock region until the job's final invalidation, or walks into the break.
+        let busy = self.vms[vm as usize]
+            .inflight
+            .iter()
+            .any(|r| r.start < block.end && block.start < r.end);
+        if busy {
+            if locked && !self.faults.ignore_lock {
+                self.stats.lock_stalls += 1;
+            } else {
+                self.hazards.split_visible += 1;
+            }
+        }
         if !locked {
             self.invalidate(vm, block, false);
         }

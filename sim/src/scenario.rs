@@ -1,13 +1,16 @@
 //! The built-in scenario: Vulkan sparse-texture streaming, buffer churn with huge-page-backed
 //! objects, blocked asynchronous binds beside synchronous ones under both ordering policies, a
 //! bind that times out, an object shared by two VMs, and a shrinker that evicts and revalidates
-//! objects under memory pressure; more VMs than address-space slots.
+//! objects under memory pressure; more VMs than address-space slots; and CSF-style user
+//! submission: a producer user queue on the game VM and a consumer on the compositor, paced
+//! through native syncobjs, bridged to the bind queue in both directions by the XGS queue.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use vmbind::queue::{Policy, SwFence};
 use vmbind::BindOp;
 
+use crate::usq::{Cond, SyncOp, UserCmd};
 use crate::world::{Access, BindKind, Contiguity, World, WorldError};
 
 /// Scale knobs.
@@ -78,6 +81,10 @@ const POOL_TILES: u64 = 1024; // 64 MiB
 const SHARED_SIZE: u64 = 4 << 20;
 const STEPS_PER_FRAME: u64 = 4;
 const STEP_US: u64 = 1000;
+const SYNC_VA: u64 = 0x30_0000_0000;
+const STREAM_VA: u64 = 0x28_0000_0000;
+const STREAM_SIZE: u64 = 8 << 20;
+const BLOCK: u64 = 2 << 20;
 
 struct Buffer {
     vm: usize,
@@ -111,6 +118,29 @@ pub struct Story {
     pub oom_skips: u64,
     /// Frames simulated.
     pub frames: u32,
+    /// Frames whose producer and consumer work went through the user queues.
+    pub user_frames: u64,
+    /// 64 KiB holes punched into the stream buffer while a user-queue job was reading it.
+    pub stream_holes: u64,
+    /// Stream buffers allocated (a fresh one every 16 frames, so that blocks split again).
+    pub stream_buffers: u64,
+    /// Times userspace found a ring full and waited for the firmware.
+    pub ring_waits: u64,
+}
+
+/// The native syncobjs and queues of the user-submission part.
+#[derive(Clone, Copy, Debug)]
+struct UserPart {
+    /// Set by an XGS signal after each frame's residency bind (64-bit).
+    s_bind: usize,
+    /// Set by the producer when its frame is done (32-bit); XGS waits on it.
+    s_post: usize,
+    /// Frames produced but not yet composited (64-bit; producer adds 1, consumer adds -1).
+    s_pending: usize,
+    /// Jobs the producer ran (32-bit, add).
+    s_count: usize,
+    producer: usize,
+    consumer: usize,
 }
 
 /// The scenario's state.
@@ -128,6 +158,10 @@ pub struct Scenario {
     buffers: Vec<Buffer>,
     next_va: Vec<u64>,
     last_sample: Option<SwFence>,
+    last_xgs: Option<SwFence>,
+    user: UserPart,
+    /// The stream buffer: (object, GPU address).
+    stream: Option<(u32, u64)>,
     host_late: Vec<(u32, u64, SwFence)>,
     game: usize,
     comp: usize,
@@ -194,6 +228,30 @@ impl Scenario {
             )],
             BindKind::Churn,
         )?;
+        // Native syncobjs: one page, mapped read-write by the game and the compositor.
+        let sync_bo = w.create_bo(4096, Contiguity::Scattered)?;
+        for vm in [game, comp] {
+            w.bind_sync(
+                vm,
+                &[World::map_op(SYNC_VA, 4096, sync_bo, 0, false)],
+                BindKind::Churn,
+            )?;
+        }
+        let views = [(game, SYNC_VA), (comp, SYNC_VA)];
+        let at = |i: u64| {
+            views
+                .iter()
+                .map(|&(v, va)| (v, va + 16 * i))
+                .collect::<Vec<_>>()
+        };
+        let user = UserPart {
+            s_bind: w.native_sync(sync_bo, 0, true, at(0)),
+            s_post: w.native_sync(sync_bo, 16, false, at(1)),
+            s_pending: w.native_sync(sync_bo, 32, true, at(2)),
+            s_count: w.native_sync(sync_bo, 48, false, at(3)),
+            producer: w.add_user_queue(game, 16),
+            consumer: w.add_user_queue(comp, 8),
+        };
         let n = w.vms.len();
         Ok(Self {
             world: w,
@@ -206,6 +264,9 @@ impl Scenario {
             buffers: Vec::new(),
             next_va: vec![0x10_0000_0000; n],
             last_sample: None,
+            last_xgs: None,
+            user,
+            stream: None,
             host_late: Vec::new(),
             game,
             comp,
@@ -224,8 +285,11 @@ impl Scenario {
     pub fn run(&mut self, mut progress: impl FnMut(u32, u32)) -> Result<(), WorldError> {
         for f in 0..self.p.frames {
             self.frame(f)?;
-            for _ in 0..STEPS_PER_FRAME {
-                self.world.step(STEP_US);
+            for s in 0..STEPS_PER_FRAME {
+                self.tick();
+                if s == 1 {
+                    self.mid_frame(f)?;
+                }
             }
             progress(f + 1, self.p.frames);
         }
@@ -238,8 +302,8 @@ impl Scenario {
         Ok(())
     }
 
-    fn frame(&mut self, f: u32) -> Result<(), WorldError> {
-        // Host fences due now.
+    /// Signals the host fences that are due.
+    fn host_signals(&mut self) {
         let now = self.world.now;
         let mut i = 0;
         while i < self.host_late.len() {
@@ -250,6 +314,17 @@ impl Scenario {
                 i += 1;
             }
         }
+    }
+
+    /// One step of the world, the host signalling what is due first (the scenario's every
+    /// step goes through here, the shrinker's and a waiting userspace's too).
+    fn tick(&mut self) {
+        self.host_signals();
+        self.world.step(STEP_US);
+    }
+
+    fn frame(&mut self, f: u32) -> Result<(), WorldError> {
+        self.host_signals();
         self.sparse(f)?;
         self.shared(f);
         self.churn(f)?;
@@ -269,6 +344,10 @@ impl Scenario {
 
     fn sparse(&mut self, f: u32) -> Result<(), WorldError> {
         let mut ops = Vec::new();
+        // Tiles leaving residency: unbound by a second job once the frame's user-queue work,
+        // which still reads them, is done; their pool slots are reused from the next frame.
+        let mut unmaps = Vec::new();
+        let mut gone = Vec::new();
         let unbind = if self.resident.len() > 700 {
             self.p.tiles_per_frame
         } else {
@@ -284,8 +363,8 @@ impl Scenario {
                 break;
             };
             self.resident.remove(&tile);
-            self.free_tiles.push(slot);
-            ops.push(BindOp::Unmap {
+            gone.push((tile, slot));
+            unmaps.push(BindOp::Unmap {
                 va: IMAGE + tile * TILE,
                 len: TILE,
             });
@@ -296,7 +375,7 @@ impl Scenario {
                 break;
             };
             let tile = self.rng.below(IMAGE_TILES);
-            if self.resident.contains_key(&tile) {
+            if self.resident.contains_key(&tile) || gone.iter().any(|&(t, _)| t == tile) {
                 self.free_tiles.push(slot);
                 continue;
             }
@@ -310,7 +389,10 @@ impl Scenario {
             ));
             self.story.tiles.0 += 1;
         }
+        self.free_tiles.extend(gone.iter().map(|&(_, slot)| slot));
         self.story.peak_resident = self.story.peak_resident.max(self.resident.len() as u64);
+        // The update waits on the previous frame's sampling job (and, queued behind the
+        // previous frame's unbind job, on its user-queue work).
         let waits: Vec<SwFence> = self.last_sample.iter().cloned().collect();
         let bind = self.world.bind_async(
             self.game,
@@ -347,10 +429,200 @@ impl Scenario {
         }
         let s = self.world.gpu_job(self.q_game, self.game, vec![point], acc);
         self.last_sample = Some(s);
+        let leaving: Vec<u64> = gone.iter().map(|&(t, _)| IMAGE + t * TILE).collect();
+        self.user_frame(f, bind, &leaving)?;
+        let cycle = self.world.faults.fence_cycle && f == 30;
+        if !unmaps.is_empty() || cycle {
+            if unmaps.is_empty() {
+                unmaps.push(BindOp::SyncOnly);
+            }
+            let waits: Vec<SwFence> = self.last_xgs.take().into_iter().collect();
+            let unbind =
+                self.world
+                    .bind_async(self.game, 0, &unmaps, waits, None, BindKind::Sparse)?;
+            if cycle {
+                // The fault switch: what releases the producer now follows the unbind job,
+                // which waits (through the XGS wait) on what the producer does next.
+                self.world.xgs_signal(
+                    vec![unbind],
+                    self.user.s_bind,
+                    SyncOp::Set(u64::from(f) + 2),
+                );
+            }
+        }
         Ok(())
     }
 
-    fn shared(&mut self, _f: u32) {
+    /// Userspace writes into a ring, stepping the world while the ring is full.
+    fn push(&mut self, q: usize, cmds: Vec<UserCmd>) {
+        for cmd in cmds {
+            let mut cmd = cmd;
+            let mut tries = 0;
+            while let Err(c) = self.world.uq_push(q, cmd) {
+                if self.world.uq_faulted(q) || tries >= 100 {
+                    break;
+                }
+                cmd = c;
+                self.story.ring_waits += 1;
+                tries += 1;
+                self.tick();
+            }
+        }
+        self.world.uq_kick(q);
+    }
+
+    /// The frame's user submission. Kernel to user: an XGS signal sets `s_bind` once the
+    /// residency bind has run; the producer waits on it (and on the pacing count), reads the
+    /// stream buffer and the tiles leaving residency through the game VM over several steps,
+    /// then counts and sets `s_post`. User to kernel: an XGS wait on `s_post` is what the
+    /// frame's unbind job waits on (and, behind it in the queue, the next frame's bind). The
+    /// consumer (compositor VM) waits on `s_post`, reads the shared object, decrements the count.
+    fn user_frame(&mut self, f: u32, bind: SwFence, leaving: &[u64]) -> Result<(), WorldError> {
+        let u = self.user;
+        let fv = u64::from(f);
+        if f.is_multiple_of(16) && self.world.uq_space(u.producer) == 16 {
+            self.new_stream(f)?;
+        }
+        self.world
+            .xgs_signal(vec![bind], u.s_bind, SyncOp::Set(fv + 1));
+        let mut acc = Vec::new();
+        if let Some((_, va)) = self.stream {
+            let blk = va + u64::from((f / 4) % 4) * BLOCK;
+            for _ in 0..48 {
+                let a = blk + (self.rng.below(BLOCK / 2) & !7);
+                let write = self.rng.pct(30).then(|| self.rng.next_u64());
+                acc.push(Access { va: a, write });
+            }
+        }
+        // A last look at tiles leaving residency (their unbind waits for this job).
+        for &t in leaving.iter().take(8) {
+            acc.push(Access {
+                va: t + (self.rng.below(TILE) & !7),
+                write: None,
+            });
+        }
+        // With the fault switch, the producer waits for a signal that follows this frame's
+        // unbind job before it sets what that job waits on: a cycle only the XGS timeout
+        // breaks.
+        let want = if self.world.faults.fence_cycle && f == 30 {
+            fv + 1
+        } else {
+            fv
+        };
+        self.push(
+            u.producer,
+            vec![
+                UserCmd::Wait {
+                    sync: u.s_bind,
+                    cond: Cond::Gt(want),
+                },
+                UserCmd::Wait {
+                    sync: u.s_pending,
+                    cond: Cond::Le(1),
+                },
+                UserCmd::Run {
+                    accesses: acc,
+                    per_step: 24,
+                },
+                UserCmd::Sync {
+                    sync: u.s_count,
+                    op: SyncOp::Add(1),
+                },
+                UserCmd::Sync {
+                    sync: u.s_pending,
+                    op: SyncOp::Add(1),
+                },
+                UserCmd::Sync {
+                    sync: u.s_post,
+                    op: SyncOp::Set(fv + 1),
+                },
+            ],
+        );
+        let reads = (0..16)
+            .map(|_| Access {
+                va: 0x20_0000_0000 + (self.rng.below(SHARED_SIZE) & !7),
+                write: None,
+            })
+            .collect();
+        self.push(
+            u.consumer,
+            vec![
+                UserCmd::Wait {
+                    sync: u.s_post,
+                    cond: Cond::Gt(fv),
+                },
+                UserCmd::Run {
+                    accesses: reads,
+                    per_step: 8,
+                },
+                UserCmd::Sync {
+                    sync: u.s_pending,
+                    op: SyncOp::Add(u64::MAX),
+                },
+            ],
+        );
+        self.last_xgs = Some(self.world.xgs_wait(u.s_post, Cond::Gt(fv)));
+        self.story.user_frames += 1;
+        Ok(())
+    }
+
+    /// A fresh 8 MiB block-backed stream buffer for the producer (the old one is unmapped and
+    /// closed; the producer's ring is empty, so no job reads it).
+    fn new_stream(&mut self, f: u32) -> Result<(), WorldError> {
+        if let Some((bo, va)) = self.stream.take() {
+            self.world.bind_sync(
+                self.game,
+                &[BindOp::Unmap {
+                    va,
+                    len: STREAM_SIZE,
+                }],
+                BindKind::Churn,
+            )?;
+            self.world.close_bo(bo);
+        }
+        let Some(bo) = self.try_bo(STREAM_SIZE, Contiguity::Huge)? else {
+            return Ok(());
+        };
+        let va = STREAM_VA + u64::from(f / 16) * (2 * STREAM_SIZE);
+        self.world.bind_sync(
+            self.game,
+            &[World::map_op(va, STREAM_SIZE, bo, 0, false)],
+            BindKind::Churn,
+        )?;
+        self.stream = Some((bo, va));
+        self.story.stream_buffers += 1;
+        Ok(())
+    }
+
+    /// Halfway through a frame, on every fourth frame, userspace unbinds (async) a 64 KiB tile in the
+    /// half of a stream-buffer block that the producer's running job is not reading: the
+    /// block splits while the GPU reads its other half, which the lock region must stall.
+    fn mid_frame(&mut self, f: u32) -> Result<(), WorldError> {
+        let Some((_, va)) = self.stream else {
+            return Ok(());
+        };
+        if f % 4 != 1 {
+            return Ok(());
+        }
+        let blk = va + u64::from((f / 4) % 4) * BLOCK;
+        let off = BLOCK / 2 + (u64::from(f / 16) % 16) * TILE;
+        // Async on the second queue: it runs at the next step, with the job still running.
+        self.world.bind_async(
+            self.game,
+            1,
+            &[BindOp::Unmap {
+                va: blk + off,
+                len: TILE,
+            }],
+            vec![],
+            None,
+            BindKind::Sparse,
+        )?;
+        self.story.stream_holes += 1;
+        Ok(())
+    }
+
+    fn shared(&mut self, f: u32) {
         let mut w = Vec::new();
         let mut r = Vec::new();
         for _ in 0..8 {
@@ -366,7 +638,10 @@ impl Scenario {
             va: 0x20_0000_0000,
             write: Some(1),
         });
-        let _ = self.shared_bo;
+        if f == 1 {
+            // Both VMs map it: its creator closes the handle, the mappings keep it alive.
+            self.world.close_bo(self.shared_bo);
+        }
         let wf = self.world.gpu_job(self.q_game, self.game, vec![], w);
         self.world.gpu_job(self.q_comp, self.comp, vec![wf], r);
     }
@@ -585,7 +860,7 @@ impl Scenario {
             // Let the sync unmap run (it may wait behind queued binds under Fifo).
             let mut guard = 0;
             while !self.world.mappings_of(vm, bo).is_empty() && guard < 200 {
-                self.world.step(STEP_US);
+                self.tick();
                 guard += 1;
             }
             self.world.close_bo(bo);
@@ -605,6 +880,10 @@ impl Scenario {
             self.shrink(size + (24 << 20));
         }
         let old = self.buffers[i].bo;
+        if !self.world.mappings_of(self.buffers[i].vm, old).is_empty() {
+            // The eviction's unmap has not run yet (the shrinker stopped waiting for it).
+            return Ok(false);
+        }
         let Ok(bo) = self.world.swap_in(old, size, how) else {
             self.story.oom_skips += 1;
             return Ok(false);

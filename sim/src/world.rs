@@ -127,6 +127,12 @@ pub struct WorldFaults {
     pub release_early: bool,
     /// GPU jobs complete without signalling their fence.
     pub drop_fence_signal: bool,
+    /// The scenario's userspace makes its user queue wait for the next frame's bind before
+    /// signalling what that bind waits on: a dependency cycle through a user queue.
+    pub fence_cycle: bool,
+    /// Cross-group-sync waits get no timeout (a fence that bridges user-queue progress to
+    /// kernel fences without a bound).
+    pub xgs_no_timeout: bool,
 }
 
 /// Hazards: every one fails the run.
@@ -152,6 +158,13 @@ pub struct Hazards {
     pub fence_never_signalled: u64,
     /// A fence signalled more than once.
     pub fence_double_signal: u64,
+    /// A dependency cycle through at least one pending kernel fence.
+    pub fence_cycle: u64,
+    /// A bind job (memory management) waiting on a fence that depends on user-queue progress
+    /// through a bridge without a timeout.
+    pub indefinite_fence: u64,
+    /// A block split visible to GPU work in flight (no lock region stalled it).
+    pub split_visible: u64,
 }
 
 impl Hazards {
@@ -168,11 +181,14 @@ impl Hazards {
             + self.run_allocations
             + self.fence_never_signalled
             + self.fence_double_signal
+            + self.fence_cycle
+            + self.indefinite_fence
+            + self.split_visible
     }
 
     /// Name and count of each check.
     #[must_use]
-    pub fn rows(&self) -> [(&'static str, &'static str, u64); 10] {
+    pub fn rows(&self) -> [(&'static str, &'static str, u64); 13] {
         [
             (
                 "wrong data",
@@ -223,6 +239,21 @@ impl Hazards {
                 "fence signalled twice",
                 "a fence signalled more than once",
                 self.fence_double_signal,
+            ),
+            (
+                "fence cycle",
+                "dependency cycle through a pending kernel fence",
+                self.fence_cycle,
+            ),
+            (
+                "indefinite fence",
+                "bind waits on user-queue progress with no timeout",
+                self.indefinite_fence,
+            ),
+            (
+                "split visible mid-update",
+                "block split under GPU work in flight, not stalled",
+                self.split_visible,
             ),
         ]
     }
@@ -309,6 +340,8 @@ pub struct Stats {
     pub evictions: (u64, u64),
     /// Wall time spent in the simulation.
     pub wall_ns: u64,
+    /// User submission: user queues, native syncobjs, the cross-group-sync queue.
+    pub user: crate::usq::UserStats,
 }
 
 struct Inflight {
@@ -341,7 +374,7 @@ pub struct VmSlot {
     sync: Vec<SyncPending>,
     /// Page -> expected mapping.
     pub model: BTreeMap<u64, Expect>,
-    gpu_id: u32,
+    pub(crate) gpu_id: u32,
 }
 
 /// A GPU access of a job.
@@ -361,10 +394,16 @@ struct GpuJob {
     deadline: u64,
 }
 
-struct Tracked {
-    fence: SwFence,
-    created: u64,
+pub(crate) struct Tracked {
+    pub(crate) fence: SwFence,
+    pub(crate) created: u64,
     reported: bool,
+    /// What the fence waits on, for the dependency checks.
+    pub(crate) deps: Vec<crate::usq::Dep>,
+    /// Who signals it.
+    pub(crate) kind: crate::usq::FenceKind,
+    /// Already counted in a cycle, or as an indefinite wait.
+    pub(crate) flagged: (bool, bool),
 }
 
 /// The whole simulated machine.
@@ -385,11 +424,15 @@ pub struct World {
     pub handles: HashMap<u32, BoRef>,
     next_bo: u32,
     /// Object contents as the model knows them: (object, 8-byte word offset) -> value.
-    content: HashMap<(u32, u64), u64>,
+    pub(crate) content: HashMap<(u32, u64), u64>,
     /// Syncobjs: handle -> timeline point -> fence.
     syncobjs: HashMap<u32, BTreeMap<u64, SwFence>>,
     gpu_queues: Vec<VecDeque<GpuJob>>,
-    fences: Vec<Tracked>,
+    pub(crate) fences: Vec<Tracked>,
+    /// User submission state (user queues, native syncobjs, cross-group-sync operations).
+    pub(crate) user: crate::usq::UserSide,
+    /// Cross-group-sync wait timeout (µs).
+    pub xgs_timeout: u64,
     /// Bind-queue timeout (µs).
     pub bind_timeout: u64,
     /// GPU job timeout (µs).
@@ -401,7 +444,7 @@ pub struct World {
     /// Counters.
     pub stats: Stats,
     /// Hazards found by the world (the MMU's are merged in [`World::hazards`]).
-    hz: Hazards,
+    pub(crate) hz: Hazards,
     allocs_at_start: u64,
 }
 
@@ -440,6 +483,8 @@ impl World {
             syncobjs: HashMap::new(),
             gpu_queues: Vec::new(),
             fences: Vec::new(),
+            user: crate::usq::UserSide::default(),
+            xgs_timeout: 15_000,
             bind_timeout: 20_000,
             gpu_timeout: 20_000,
             fence_bound: 100_000,
@@ -603,12 +648,21 @@ impl World {
         self.handles.get(&id)
     }
 
-    fn track(&mut self, f: &SwFence) {
+    pub(crate) fn track(
+        &mut self,
+        f: &SwFence,
+        kind: crate::usq::FenceKind,
+        deps: Vec<crate::usq::Dep>,
+    ) {
         self.stats.fences.0 += 1;
+        self.user.graph_dirty = true;
         self.fences.push(Tracked {
             fence: f.clone(),
             created: self.now,
             reported: false,
+            deps,
+            kind,
+            flagged: (false, false),
         });
     }
 
@@ -676,7 +730,13 @@ impl World {
         let fence = SwFence::new();
         job.arm(fence.clone());
         let now = self.now;
+        let mut deps: Vec<crate::usq::Dep> =
+            waits.iter().cloned().map(crate::usq::Dep::Fence).collect();
         let (queue, inflight) = &mut self.vms[vm].queues[q];
+        // FIFO per queue: the job also waits for the one queued before it.
+        if let Some(prev) = inflight.back() {
+            deps.push(crate::usq::Dep::Fence(prev.fence.clone()));
+        }
         if queue.submit(job, waits, now).is_err() {
             return Err(WorldError::Prepare("queue full".into()));
         }
@@ -688,7 +748,7 @@ impl World {
         let row = self.stats.binds.entry(kind).or_default();
         row.jobs += 1;
         row.ops += ops.len() as u64;
-        self.track(&fence);
+        self.track(&fence, crate::usq::FenceKind::Bind, deps);
         if let Some((h, p)) = out {
             self.syncobjs.entry(h).or_default().insert(p, fence.clone());
         }
@@ -710,7 +770,7 @@ impl World {
         let mut job = self.prepare(vm, ops, Mode::Sync)?;
         let fence = SwFence::new();
         job.arm(fence.clone());
-        self.track(&fence);
+        self.track(&fence, crate::usq::FenceKind::Bind, Vec::new());
         let row = self.stats.binds.entry(kind).or_default();
         row.jobs += 1;
         row.sync += 1;
@@ -735,7 +795,12 @@ impl World {
         accesses: Vec<Access>,
     ) -> SwFence {
         let fence = SwFence::new();
-        self.track(&fence);
+        let mut deps: Vec<crate::usq::Dep> =
+            waits.iter().cloned().map(crate::usq::Dep::Fence).collect();
+        if let Some(prev) = self.gpu_queues[q].back() {
+            deps.push(crate::usq::Dep::Fence(prev.fence.clone()));
+        }
+        self.track(&fence, crate::usq::FenceKind::Gpu, deps);
         self.gpu_queues[q].push_back(GpuJob {
             vm,
             waits,
@@ -909,7 +974,7 @@ impl World {
                 if verdict.is_ok() {
                     self.stats.gpu_jobs.0 += 1;
                     for a in std::mem::take(&mut job.accesses) {
-                        self.access(job.vm, a);
+                        let _ = self.access(job.vm, a);
                     }
                 } else {
                     self.stats.gpu_jobs.1 += 1;
@@ -921,8 +986,10 @@ impl World {
         }
     }
 
-    /// One GPU access through the MMU, checked against the model.
-    pub fn access(&mut self, vm: usize, a: Access) {
+    /// One GPU access through the MMU, checked against the model. Returns the value read (or
+    /// written) when the access translated and matched the model, `None` otherwise (a fault,
+    /// expected or not, or a hazard).
+    pub fn access(&mut self, vm: usize, a: Access) -> Option<u64> {
         let page = a.va & !(FRAME - 1);
         let expected = self.vms[vm].model.get(&page).copied();
         let gpu_id = self.vms[vm].gpu_id;
@@ -937,11 +1004,11 @@ impl World {
         let leaf = match (res, expected) {
             (Err(_), None) => {
                 self.stats.expected_faults += 1;
-                return;
+                return None;
             }
             (Err(_), Some(_)) => {
                 self.hz.unexpected_fault += 1;
-                return;
+                return None;
             }
             (Ok(leaf), _) => leaf,
         };
@@ -952,11 +1019,11 @@ impl World {
             if !matches!(owner, Some(Owner::Data { .. })) {
                 self.hz.released_page += 1;
             }
-            return;
+            return None;
         };
         if owner != Some(Owner::Data { bo: e.bo }) {
             self.hz.released_page += 1;
-            return;
+            return None;
         }
         let perm = a.write.is_some() && leaf.read_only;
         if perm != (a.write.is_some() && e.ro) {
@@ -965,15 +1032,15 @@ impl World {
             } else {
                 self.hz.missing_fault += 1;
             }
-            return;
+            return None;
         }
         if perm {
             self.stats.expected_faults += 1;
-            return;
+            return None;
         }
         if pa != e.pa + (a.va - page) {
             self.hz.wrong_data += 1;
-            return;
+            return None;
         }
         let key = (e.bo, (e.off + (a.va - page)) & !7);
         match a.write {
@@ -981,13 +1048,16 @@ impl World {
                 self.phys.borrow_mut().write(pa, v);
                 self.content.insert(key, v);
                 self.stats.verified += 1;
+                Some(v)
             }
             None => {
                 let got = self.phys.borrow().read(pa);
                 if got == self.content.get(&key).copied().unwrap_or(0) {
                     self.stats.verified += 1;
+                    Some(got)
                 } else {
                     self.hz.wrong_data += 1;
+                    None
                 }
             }
         }
@@ -1037,9 +1107,14 @@ impl World {
             self.run_sync(vm);
         }
         self.run_gpu();
+        // Kernel fences to native syncobjs, user queues, native syncobjs back to fences.
+        self.run_xgs();
+        self.run_user_queues();
+        self.run_xgs();
         // Binds waiting on GPU work that just finished.
         self.poll_binds();
         self.check_fences();
+        self.check_dependencies();
         self.stats.wall_ns += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
     }
 
@@ -1058,7 +1133,8 @@ impl World {
     /// Whether nothing is queued anywhere.
     #[must_use]
     pub fn idle(&self) -> bool {
-        self.gpu_queues.iter().all(VecDeque::is_empty)
+        self.user.idle()
+            && self.gpu_queues.iter().all(VecDeque::is_empty)
             && self
                 .vms
                 .iter()
@@ -1072,6 +1148,7 @@ impl World {
         let g = self.gpu.borrow();
         h.stale_tlb += g.hazards.stale_tlb + g.hazards.stale_walk;
         h.freed_table += g.hazards.freed_table;
+        h.split_visible += g.hazards.split_visible;
         h.run_allocations = crate::alloc_count::in_section() - self.allocs_at_start;
         h
     }

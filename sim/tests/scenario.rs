@@ -164,3 +164,60 @@ fn vmsim_without_arguments_runs_the_scenario_and_exits_zero() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("hazards: 0 -> OK"), "{text}");
 }
+
+#[test]
+fn a_dependency_cycle_through_a_user_queue_is_caught() {
+    let w = WorldFaults {
+        fence_cycle: true,
+        ..WorldFaults::default()
+    };
+    fires(Faults::default(), w, |h| h.fence_cycle, "fence cycle");
+}
+
+#[test]
+fn a_bind_waiting_on_user_queues_without_a_timeout_is_an_indefinite_fence() {
+    let w = WorldFaults {
+        xgs_no_timeout: true,
+        ..WorldFaults::default()
+    };
+    fires(
+        Faults::default(),
+        w,
+        |h| h.indefinite_fence,
+        "indefinite fence",
+    );
+}
+
+#[test]
+fn a_block_split_under_running_gpu_work_needs_the_lock_region_stall() {
+    let f = Faults {
+        ignore_lock: true,
+        ..Faults::default()
+    };
+    fires(
+        f,
+        WorldFaults::default(),
+        |h| h.split_visible,
+        "split visible",
+    );
+}
+
+#[test]
+fn user_submission_runs_in_both_directions_without_timeouts() {
+    let r = run_with(&small(4), Faults::default(), WorldFaults::default());
+    let u = r.user;
+    assert_eq!(u.queues, 2);
+    assert!(
+        u.runs >= 2 * 80,
+        "producer and consumer jobs every frame: {u:?}"
+    );
+    assert_eq!(u.pushed, u.executed, "every command completed");
+    assert_eq!((u.xgs_timeouts, u.xgs_errors, u.faulted.0), (0, 0, 0));
+    assert_eq!(u.xgs, (80, 80));
+    assert!(u.waits.1 > 0, "some native waits had to block");
+    assert!(
+        r.mmu.lock_stalls > 0,
+        "splits under running user-queue jobs"
+    );
+    assert_eq!(r.hazards_total, 0, "{:#?}", r.hazards);
+}
