@@ -10,13 +10,14 @@
 //!   hex, chosen by the input's first byte) it parses to the same trace;
 //! * a parsed trace of at most [`MAX_REPLAY`] requests replays through `sim::ops` (`vmsim ops`)
 //!   without panicking, and its output is the same with and without object links (which is
-//!   what the replay documents).
+//!   what the replay documents), except for one known, reported difference (see `run`).
 //!
 //! The `fuzz/` crate includes this file by path.
 
 use std::fmt::Write as _;
 
-use sim::ops::{replay_with, Links};
+use gpuva::LinkError;
+use sim::ops::{replay_with, Links, ReplayError};
 use sim::trace::{parse, Request, Trace};
 
 /// Longest parsed trace that is also replayed.
@@ -93,6 +94,11 @@ pub fn run(data: &[u8]) {
                 match (on, off) {
                     (Ok(a), Ok(b)) => assert_eq!(a, b, "replay output depends on links"),
                     (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                    // Known and reported (regression tests in `tests/tests/trace_corpus.rs`):
+                    // with links, a map of a new object in a space already holding as many
+                    // links as it can hold mappings aborts the replay. Tolerated here so that
+                    // the target keeps looking for other failures.
+                    (Err(ReplayError::Link(LinkError::TooManyLinks)), Ok(_)) => {}
                     (a, b) => panic!("replay with links {a:?}, without {b:?}"),
                 }
             }
