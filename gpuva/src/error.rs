@@ -139,7 +139,8 @@ pub enum LinkError {
         /// Nodes the claim held.
         available: usize,
     },
-    /// The VA space already holds as many links as it can hold mappings.
+    /// The VA space already holds twice as many links as it can hold mappings (the bound its
+    /// link tree is sized for).
     TooManyLinks,
     /// The link has `u32::MAX` pins.
     TooManyPins,

@@ -222,7 +222,7 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
     /// Nothing changes on any error: [`LinkError::LinksDisabled`] for a VA space made without
     /// links, [`LinkError::Foreign`] for another VA space's claim,
     /// [`LinkError::ReservationTooSmall`], [`LinkError::TooManyLinks`] when the VA space already
-    /// holds as many links as it can have mappings, [`LinkError::TooManyPins`].
+    /// holds twice as many links as it can have mappings, [`LinkError::TooManyPins`].
     pub fn link_obtain(
         &mut self,
         obj: ObjId,
@@ -246,7 +246,12 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
             }
             rec.pins += 1;
         } else {
-            if self.links.len() as u128 >= self.bounds.max_mappings {
+            // Links are created only here, so refusing at 2M keeps every link tree within the
+            // 2M entries its height bound counts (M = max_mappings). Zombies count until drained:
+            // `reserve` drains them first. (Refusing at M refused valid maps: a map replacing the
+            // only mapping of a one-mapping space needs the new object's link while the old one
+            // still exists.)
+            if self.links.len() as u128 >= self.bounds.max_mappings.saturating_mul(2) {
                 return Err(LinkError::TooManyLinks);
             }
             let rec = LinkRec::new(1, make());

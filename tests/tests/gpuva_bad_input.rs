@@ -448,17 +448,18 @@ fn link_errors_change_nothing() {
         assert!(!e.to_string().is_empty());
     }
 
-    // Too many links: a space of 4 granules holds at most 4.
+    // Too many links: a space of 4 granules holds at most 4 mappings and 2 * 4 links (the
+    // link tree's bound).
     let mut tiny = GpuVm::<u64, BoxNode<u64>>::with_granule(0..4 * 4096, 0..0, 4096).expect("g");
     let mut claim = tiny
-        .reserve_boxed(5 * tiny.link_nodes())
+        .reserve_boxed(9 * tiny.link_nodes())
         .expect("test allocation");
-    let pins: Vec<LinkPin> = (1..=4)
+    let pins: Vec<LinkPin> = (1..=8)
         .map(|o| tiny.link_obtain(id(o), &mut claim, || ()).expect("room"))
         .collect();
     let before = Snap::of(&tiny);
     assert_eq!(
-        tiny.link_obtain(id(5), &mut claim, || ()),
+        tiny.link_obtain(id(9), &mut claim, || ()),
         Err(LinkError::TooManyLinks)
     );
     assert_eq!(claim.nodes(), tiny.link_nodes());

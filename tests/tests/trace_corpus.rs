@@ -112,20 +112,17 @@ fn committed_traces_parse() {
 /// object that is refused for its range (zero size) aborts the replay with links on
 /// (`ReplayError::Link(TooManyLinks)`), while without links the request prints
 /// `err zero-size` and the replay goes on: the output depends on links, against
-/// `sim::ops::replay_with`'s documentation. The replay driver obtains the link before the
-/// request is validated (`sim/src/ops.rs`, `Driver::run`) and treats the refusal as fatal.
+/// `sim::ops::replay_with`'s documentation. Fixed in gpuva: `link_obtain` refused new links at
+/// `max_mappings` links instead of the `2 * max_mappings` the link tree is sized for.
 #[test]
-#[ignore = "sim bug, reported: the replay with links fails where the one without does not"]
 fn regress_refused_map_of_new_object_in_full_space() {
     same_with_and_without_links("space 0 0x1\nmap 0x0 01 1 0\nmap 2000 0 2 0\nunmap 0x4 0x260");
 }
 
 /// Regression (same cause, a valid request): in a one-mapping space, replacing the only
-/// mapping by one of another object is refused with links on (the new link is counted against
-/// `max_mappings` while the old one still exists: `gpuva/src/link.rs`, `link_obtain`), but
-/// applied without links.
+/// mapping by one of another object was refused with links on (the new link was counted against
+/// `max_mappings` while the old one still existed), but applied without links. Fixed as above.
 #[test]
-#[ignore = "gpuva/sim bug, reported: a valid map is refused with TooManyLinks"]
 fn regress_replacing_the_only_mapping_by_another_object() {
     same_with_and_without_links("space 0 1\nmap 0 1 1 0\nmap 0 1 2 0\n");
 }
