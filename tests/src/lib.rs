@@ -13,6 +13,7 @@
 //! `trace_parser`. [`failalloc`] is an allocation-failure injector (a `#[global_allocator]` a
 //! test binary or fuzz target opts into).
 
+pub mod corpus;
 pub mod failalloc;
 pub mod fuzz_body;
 pub mod harness;

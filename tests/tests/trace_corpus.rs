@@ -6,77 +6,31 @@
 //! `TRACE_WRITE_CORPUS=1 cargo test -p tests --test trace_corpus seed_corpus`.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use tests::corpus::{self, Corpus};
 
 use tests::trace_fuzz::{run, seeds};
 
-fn fuzz_dir(sub: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz")
-        .join(sub)
-        .join("trace_parser")
-}
-
-/// Every regular file in `dir` (none if it does not exist), sorted by name.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .collect();
-    out.sort();
-    out
-}
-
-fn replay(path: &Path) {
-    let data = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let r = std::panic::catch_unwind(|| run(&data));
-    assert!(
-        r.is_ok(),
-        "fuzz input {} fails (see the panic above)",
-        path.display()
-    );
-}
+const CORPUS: Corpus = Corpus {
+    target: "trace_parser",
+    write_var: "TRACE_WRITE_CORPUS",
+};
 
 #[test]
 fn seed_corpus_is_committed() {
-    let dir = fuzz_dir("corpus");
-    if std::env::var_os("TRACE_WRITE_CORPUS").is_some() {
-        fs::create_dir_all(&dir).expect("create the corpus directory");
-        for (name, bytes) in seeds() {
-            fs::write(dir.join(name), bytes).expect("write a seed");
-        }
-    }
-    let seeds = seeds();
-    assert!(seeds.len() >= 20, "a few dozen seeds");
-    for (name, bytes) in seeds {
-        let on_disk = fs::read(dir.join(&name)).unwrap_or_default();
-        assert!(
-            on_disk == bytes,
-            "seed {name} missing or outdated in {}; rerun with TRACE_WRITE_CORPUS=1",
-            dir.display()
-        );
-    }
+    CORPUS.check_seeds(seeds(), 20);
 }
 
 #[test]
 fn replay_corpus() {
-    let corpus = files(&fuzz_dir("corpus"));
-    assert!(corpus.len() >= 20, "the seed corpus is missing");
-    for path in &corpus {
-        replay(path);
-    }
+    CORPUS.replay_corpus(20, run);
 }
 
 #[test]
 fn replay_crash_artifacts() {
     // Minimised crashes land here (cargo fuzz); each must be fixed, i.e. pass, once committed.
-    for path in files(&fuzz_dir("artifacts")) {
-        replay(&path);
-    }
+    CORPUS.replay_artifacts(run);
 }
 
 #[test]
@@ -94,9 +48,9 @@ fn degenerate_inputs_do_not_panic() {
 fn committed_traces_parse() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../traces");
     let mut n = 0;
-    for path in files(&dir)
+    for path in corpus::files_in(&dir)
         .into_iter()
-        .chain(files(&dir.join("gpuvm-examples")))
+        .chain(corpus::files_in(&dir.join("gpuvm-examples")))
     {
         if path.extension().is_some_and(|e| e == "trace") {
             let text = fs::read_to_string(&path).expect("read a trace");
