@@ -11,6 +11,8 @@ pub mod ops;
 pub mod phys;
 pub mod report;
 pub mod scenario;
+pub mod svg;
+pub mod timeline;
 pub mod trace;
 pub mod usq;
 pub mod world;

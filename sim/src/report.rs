@@ -43,6 +43,11 @@ pub struct Report {
     pub frames_reserved: u64,
     /// Sync binds: frames reserved / left unused.
     pub sync_frames: (u64, u64),
+    /// Page-table frames reserved / used / retired, summed from the finished jobs' own
+    /// summaries (`vmbind::JobSummary`).
+    pub job_frames: (u64, u64, u64),
+    /// Binds refused because their VM became unusable after a failed run stage.
+    pub refused_unusable: u64,
     /// Fences created / ok / error.
     pub fences: (u64, u64, u64),
     /// Bind timeouts.
@@ -183,6 +188,8 @@ impl Report {
             tables_live: w.table_frames(),
             frames_reserved: w.stats.frames_reserved,
             sync_frames: w.stats.sync_frames,
+            job_frames: w.stats.job_frames,
+            refused_unusable: w.stats.refused_unusable,
             fences: w.stats.fences,
             timeouts: w.stats.timeouts,
             max_fence_wait_us: w.stats.max_fence_wait,
@@ -349,8 +356,11 @@ impl Report {
             ),
             ("verified against the model", self.verified.to_string()),
             (
-                "faults expected by the model",
-                self.expected_faults.to_string(),
+                "faults: expected by the model / unexpected",
+                format!(
+                    "{} / {}",
+                    self.expected_faults, self.hazards.unexpected_fault
+                ),
             ),
             (
                 "TLB hits / misses",
@@ -409,6 +419,17 @@ impl Report {
             (
                 "table frames reserved (job bounds)",
                 self.frames_reserved.to_string(),
+            ),
+            (
+                "table frames reserved / used / retired (job summaries)",
+                format!(
+                    "{} / {} / {}",
+                    self.job_frames.0, self.job_frames.1, self.job_frames.2
+                ),
+            ),
+            (
+                "binds refused: VM unusable after a failed run",
+                self.refused_unusable.to_string(),
             ),
             (
                 "table frames allocated / retired / returned unused",

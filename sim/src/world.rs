@@ -14,6 +14,7 @@ use vmbind::{PreparedJob, Vm, VmConfig};
 
 use crate::mmu::{Gpu, MmuHandle};
 use crate::phys::{Owner, Phys, TablePool, FRAME};
+use crate::timeline::{Lane, Outcome, Signal, Span};
 
 /// How an object's pages are laid out physically.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +134,10 @@ pub struct WorldFaults {
     /// Cross-group-sync waits get no timeout (a fence that bridges user-queue progress to
     /// kernel fences without a bound).
     pub xgs_no_timeout: bool,
+    /// Every later prepare reserves no page-table frames at all
+    /// (`Vm::set_reservation_shortfall`): the first run stage that needs a new table runs
+    /// out, fails with `JobError::Fault`, and its VM becomes unusable.
+    pub reservation_shortfall: bool,
 }
 
 /// Hazards: every one fails the run.
@@ -318,6 +323,11 @@ pub struct Stats {
     pub prepare_errors: u64,
     /// Frames reserved by prepared jobs (vmbind's job bound).
     pub frames_reserved: u64,
+    /// Finished jobs' own summaries (`vmbind::JobSummary`), summed: page-table frames
+    /// reserved, used (new tables), retired.
+    pub job_frames: (u64, u64, u64),
+    /// Binds refused because their VM became unusable (after a failed run stage).
+    pub refused_unusable: u64,
     /// Sync binds: frames reserved / left unused, summed.
     pub sync_frames: (u64, u64),
     /// GPU jobs run, failed.
@@ -348,6 +358,7 @@ struct Inflight {
     ops: Vec<BindOp>,
     fence: SwFence,
     kind: BindKind,
+    submitted: u64,
 }
 
 struct SyncPending {
@@ -392,6 +403,7 @@ struct GpuJob {
     accesses: Vec<Access>,
     fence: SwFence,
     deadline: u64,
+    submitted: u64,
 }
 
 pub(crate) struct Tracked {
@@ -446,6 +458,8 @@ pub struct World {
     /// Hazards found by the world (the MMU's are merged in [`World::hazards`]).
     pub(crate) hz: Hazards,
     allocs_at_start: u64,
+    /// The bounded record of jobs and fence signals the `--svg` timeline draws.
+    pub timeline: crate::timeline::Timeline,
 }
 
 /// Why a world operation was refused (a scenario error, not a hazard).
@@ -463,6 +477,9 @@ pub enum WorldError {
     /// A wait on a syncobj point nobody submitted (wait-before-submit is refused).
     #[error("syncobj {0} point {1} not submitted")]
     NoPoint(u32, u64),
+    /// The VM refused a map: a run stage failed on it before (the hazard was counted).
+    #[error("the VM is unusable after a failed run stage")]
+    Unusable,
 }
 
 impl World {
@@ -492,6 +509,7 @@ impl World {
             stats: Stats::default(),
             hz: Hazards::default(),
             allocs_at_start: crate::alloc_count::in_section(),
+            timeline: crate::timeline::Timeline::default(),
         }
     }
 
@@ -697,12 +715,19 @@ impl World {
         mode: Mode,
     ) -> Result<PreparedJob<BoRef, SwFence>, WorldError> {
         let v = &mut self.vms[vm];
+        if self.faults.reservation_shortfall {
+            v.vm.set_reservation_shortfall(u64::MAX);
+        }
         let mut job = BindJob::new(ops);
         job.mode = mode;
         match v.vm.prepare(&mut Handles(&self.handles), &job) {
             Ok(j) => {
                 self.stats.frames_reserved += j.frames();
                 Ok(j)
+            }
+            Err(vmbind::PrepareError::Unusable) => {
+                self.stats.refused_unusable += 1;
+                Err(WorldError::Unusable)
             }
             Err(e) => {
                 self.stats.prepare_errors += 1;
@@ -726,7 +751,19 @@ impl World {
         out: Option<(u32, u64)>,
         kind: BindKind,
     ) -> Result<SwFence, WorldError> {
-        let mut job = self.prepare(vm, ops, Mode::Async)?;
+        let mut job = match self.prepare(vm, ops, Mode::Async) {
+            Ok(j) => j,
+            // A driver fails such binds at once; the scenario goes on with the other VMs.
+            Err(WorldError::Unusable) => {
+                let mut f = SwFence::new();
+                f.signal(Err(JobError::Fault));
+                if let Some((h, p)) = out {
+                    self.syncobjs.entry(h).or_default().insert(p, f.clone());
+                }
+                return Ok(f);
+            }
+            Err(e) => return Err(e),
+        };
         let fence = SwFence::new();
         job.arm(fence.clone());
         let now = self.now;
@@ -744,6 +781,7 @@ impl World {
             ops: ops.to_vec(),
             fence: fence.clone(),
             kind,
+            submitted: now,
         });
         let row = self.stats.binds.entry(kind).or_default();
         row.jobs += 1;
@@ -767,7 +805,11 @@ impl World {
         ops: &[BindOp],
         kind: BindKind,
     ) -> Result<(), WorldError> {
-        let mut job = self.prepare(vm, ops, Mode::Sync)?;
+        let mut job = match self.prepare(vm, ops, Mode::Sync) {
+            Ok(j) => j,
+            Err(WorldError::Unusable) => return Ok(()),
+            Err(e) => return Err(e),
+        };
         let fence = SwFence::new();
         job.arm(fence.clone());
         self.track(&fence, crate::usq::FenceKind::Bind, Vec::new());
@@ -807,6 +849,7 @@ impl World {
             accesses,
             fence: fence.clone(),
             deadline: self.now + self.gpu_timeout,
+            submitted: self.now,
         });
         fence
     }
@@ -873,8 +916,13 @@ impl World {
                 let now = self.now;
                 let v = &mut self.vms[vm];
                 let (queue, _) = &mut v.queues[q];
+                let jf = &mut self.stats.job_frames;
                 let t0 = Instant::now();
-                let p = queue.poll(&mut v.vm, now);
+                let p = queue.poll_with(&mut v.vm, now, |s| {
+                    jf.0 += s.frames_reserved;
+                    jf.1 += s.frames_used;
+                    jf.2 += s.frames_retired;
+                });
                 let dt = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 if p.ran > 0 {
                     let per = dt / p.ran as u64;
@@ -890,21 +938,34 @@ impl World {
                         break;
                     };
                     let row = self.stats.binds.entry(done.kind).or_default();
-                    match status {
+                    let outcome = match status {
                         Ok(()) => {
                             row.ran += 1;
                             self.apply_model(vm, &done.ops);
+                            Outcome::Done
                         }
                         Err(JobError::Timeout) => {
                             row.failed += 1;
                             self.stats.timeouts += 1;
+                            Outcome::TimedOut
                         }
                         Err(JobError::Fault | JobError::Tlb) => {
                             row.failed += 1;
                             self.hz.reservation_ran_out += 1;
+                            Outcome::Failed
                         }
-                        Err(_) => row.failed += 1,
-                    }
+                        Err(_) => {
+                            row.failed += 1;
+                            Outcome::Failed
+                        }
+                    };
+                    self.timeline.span(Span {
+                        lane: Lane::Bind { vm, q },
+                        submitted: done.submitted,
+                        start: now,
+                        end: now,
+                        outcome,
+                    });
                 }
             }
         }
@@ -931,6 +992,10 @@ impl World {
             self.stats.run_ns.push(dt);
             self.stats.sync_frames.0 += reserved;
             self.stats.sync_frames.1 += done.unused_frames() as u64;
+            let sum = done.summary();
+            self.stats.job_frames.0 += sum.frames_reserved;
+            self.stats.job_frames.1 += sum.frames_used;
+            self.stats.job_frames.2 += sum.frames_retired;
             let pol = usize::from(v.policy == Policy::RangeOrdered);
             self.stats.sync_wait[pol].push(self.now - s.submitted);
             if s.waited {
@@ -941,6 +1006,7 @@ impl World {
                 self.hz.reservation_ran_out += 1;
             }
             let row = self.stats.binds.entry(s.kind).or_default();
+            let ok = res.is_ok();
             match res {
                 Ok(()) => {
                     row.ran += 1;
@@ -951,6 +1017,13 @@ impl World {
                     self.hz.reservation_ran_out += 1;
                 }
             }
+            self.timeline.span(Span {
+                lane: Lane::Sync { vm },
+                submitted: s.submitted,
+                start: self.now,
+                end: self.now,
+                outcome: if ok { Outcome::Done } else { Outcome::Failed },
+            });
         }
     }
 
@@ -971,6 +1044,17 @@ impl World {
                 let Some(mut job) = self.gpu_queues[q].pop_front() else {
                     break;
                 };
+                self.timeline.span(Span {
+                    lane: Lane::Gpu { q },
+                    submitted: job.submitted,
+                    start: self.now,
+                    end: self.now,
+                    outcome: match verdict {
+                        Ok(()) => Outcome::Done,
+                        Err(JobError::Timeout) => Outcome::TimedOut,
+                        Err(_) => Outcome::Failed,
+                    },
+                });
                 if verdict.is_ok() {
                     self.stats.gpu_jobs.0 += 1;
                     for a in std::mem::take(&mut job.accesses) {
@@ -1069,8 +1153,15 @@ impl World {
         let mut late = 0;
         let mut double = 0;
         let (mut ok, mut err, mut max_wait) = (0, 0, self.stats.max_fence_wait);
+        let tl = &mut self.timeline;
         self.fences.retain_mut(|t| match t.fence.status() {
             Some(r) => {
+                tl.signal(Signal {
+                    created: t.created,
+                    at: now,
+                    error: r.is_err(),
+                    gpu: t.kind == crate::usq::FenceKind::Gpu,
+                });
                 if r.is_ok() {
                     ok += 1;
                 } else {

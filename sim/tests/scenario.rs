@@ -155,6 +155,32 @@ fn a_dropped_fence_signal_breaks_forward_progress() {
 }
 
 #[test]
+fn a_reservation_that_runs_out_is_a_hazard_and_the_vm_refuses_later_maps() {
+    let w = WorldFaults {
+        reservation_shortfall: true,
+        ..WorldFaults::default()
+    };
+    let r = run_with(&small(5), Faults::default(), w);
+    assert!(r.hazards.reservation_ran_out > 0, "{:#?}", r.hazards);
+    assert!(
+        r.refused_unusable > 0,
+        "maps on the unusable VMs are refused"
+    );
+    assert!(!r.passed(), "the run fails (vmsim exits 1)");
+    assert!(r.text().contains("-> FAILED"));
+}
+
+#[test]
+fn job_summaries_account_for_every_reserved_frame() {
+    let r = run_with(&small(3), Faults::default(), WorldFaults::default());
+    let (reserved, used, retired) = r.job_frames;
+    assert_eq!(reserved, r.frames_reserved, "every prepared job finished");
+    assert!(used > 0 && used <= reserved, "{:?}", r.job_frames);
+    assert!(retired > 0, "unmaps retire tables");
+    assert_eq!(r.refused_unusable, 0);
+}
+
+#[test]
 fn vmsim_without_arguments_runs_the_scenario_and_exits_zero() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmsim"))
         .args(["--frames", "60"])

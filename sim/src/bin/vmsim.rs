@@ -41,6 +41,13 @@ struct RunArgs {
     /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Also draw the run into this SVG file: VA space per VM, page-table occupancy, and a
+    /// timeline of bind jobs, GPU jobs and fences (see `sim::svg`).
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// Simulated milliseconds the SVG timeline covers, from the start.
+    #[arg(long, value_name = "MS", default_value_t = 40)]
+    svg_window_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,8 +97,15 @@ fn scenario(a: &RunArgs) -> Result<bool, String> {
         ..sim::scenario::Params::default()
     };
     let mut s = sim::scenario::Scenario::new(p.clone()).map_err(|e| e.to_string())?;
-    s.run(|_, _| {}).map_err(|e| e.to_string())?;
+    s.world.timeline.window_us = a.svg_window_ms.saturating_mul(1000);
+    let mut bar = Progress::new(!a.json);
+    s.run(|done, total| bar.tick(done, total))
+        .map_err(|e| e.to_string())?;
+    bar.finish();
     let r = sim::report::Report::new(&s, &p);
+    if let Some(path) = &a.svg {
+        write_file(path, &sim::svg::render(&s.world))?;
+    }
     let out = if a.json {
         serde_json::to_string_pretty(&r).map_err(|e| e.to_string())? + "\n"
     } else {
@@ -99,6 +113,60 @@ fn scenario(a: &RunArgs) -> Result<bool, String> {
     };
     write_out(&out)?;
     Ok(r.passed())
+}
+
+/// A progress bar on stderr, shown only once a run has taken [`Progress::AFTER`] and only when
+/// stdout and stderr are both terminals.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    t0: std::time::Instant,
+    enabled: bool,
+}
+
+impl Progress {
+    const AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+    fn new(wanted: bool) -> Self {
+        use std::io::IsTerminal as _;
+        Self {
+            bar: None,
+            t0: std::time::Instant::now(),
+            enabled: wanted && std::io::stdout().is_terminal() && std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn tick(&mut self, done: u32, total: u32) {
+        if !self.enabled || (self.bar.is_none() && self.t0.elapsed() < Self::AFTER) {
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let b = indicatif::ProgressBar::with_draw_target(
+                Some(u64::from(total)),
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            if let Ok(st) = indicatif::ProgressStyle::with_template(
+                "{elapsed:>4} [{bar:40}] {pos}/{len} frames, eta {eta}",
+            ) {
+                b.set_style(st.progress_chars("=> "));
+            }
+            b
+        });
+        bar.set_position(u64::from(done));
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn write_file(path: &std::path::Path, s: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(s.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn write_out(s: &str) -> Result<(), String> {
