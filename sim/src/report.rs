@@ -417,10 +417,6 @@ impl Report {
                 format!("{} / {}", self.bos.0, self.bos.1),
             ),
             (
-                "table frames reserved (job bounds)",
-                self.frames_reserved.to_string(),
-            ),
-            (
                 "table frames reserved / used / retired (job summaries)",
                 format!(
                     "{} / {} / {}",

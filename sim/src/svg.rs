@@ -456,7 +456,12 @@ fn timeline_view(o: &mut String, w: &World, y0: f64) -> f64 {
     lanes.dedup();
     let mut y = y0 + 34.0;
     // Axis.
-    let step = if end > 20_000 { 5_000 } else { 1_000 };
+    // A 1-2-5 step giving at most 16 ticks.
+    let step = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+        .iter()
+        .map(|ms| ms * 1000)
+        .find(|s| end / s <= 16)
+        .unwrap_or(10_000_000);
     let top = y;
     let bottom = y + (lanes.len() as f64 + 1.0) * 22.0;
     let mut tick = 0;

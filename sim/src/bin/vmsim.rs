@@ -143,7 +143,8 @@ impl Progress {
             let b = indicatif::ProgressBar::with_draw_target(
                 Some(u64::from(total)),
                 indicatif::ProgressDrawTarget::stderr(),
-            );
+            )
+            .with_elapsed(self.t0.elapsed());
             if let Ok(st) = indicatif::ProgressStyle::with_template(
                 "{elapsed:>4} [{bar:40}] {pos}/{len} frames, eta {eta}",
             ) {
