@@ -2,7 +2,8 @@
 //!
 //! A CSF-style GPU model ([`world`]: physical memory and objects in [`phys`], the MMU with its own
 //! decoder, TLB and walk cache in [`mmu`]) runs the built-in [`scenario`] and reports it
-//! ([`report`]); `vmsim ops` replays VA traces ([`ops`]; the format is `docs/trace-format.md` in
+//! ([`report`]) and, with `--svg`, draws it ([`svg`], from the bounded event record in
+//! [`timeline`]); `vmsim ops` replays VA traces ([`ops`]; the format is `docs/trace-format.md` in
 //! the repository).
 
 pub mod alloc_count;
