@@ -158,6 +158,38 @@ enum Step {
     },
 }
 
+/// The per-job vectors of the last cleaned-up job, emptied, for the next prepare to reuse (so a
+/// steady stream of small jobs allocates none of them). Vectors larger than
+/// [`KEEP_VEC`] elements are freed instead of kept.
+struct JobVecs<R> {
+    steps: Vec<Step>,
+    backing: Vec<Chunk>,
+    refs: Vec<(ObjId, Option<R>)>,
+    pins: Vec<LinkPin>,
+}
+
+impl<R> Default for JobVecs<R> {
+    fn default() -> Self {
+        Self {
+            steps: Vec::new(),
+            backing: Vec::new(),
+            refs: Vec::new(),
+            pins: Vec::new(),
+        }
+    }
+}
+
+/// Largest per-job vector (in elements) kept for reuse by [`JobVecs`].
+const KEEP_VEC: usize = 64;
+
+/// Keeps `v` (emptied) in `slot` if it is small enough and `slot` has less room; else frees it.
+fn keep_vec<T>(slot: &mut Vec<T>, mut v: Vec<T>) {
+    v.clear();
+    if v.capacity() <= KEEP_VEC && v.capacity() > slot.capacity() {
+        *slot = v;
+    }
+}
+
 /// Everything one job holds from prepare to cleanup.
 struct Held<R> {
     vm: usize,
@@ -350,6 +382,8 @@ pub struct Vm<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence = ()> {
     spare: Reserve,
     /// Scratch of the page-table job bound, kept between prepares.
     scratch: Vec<WindowRun>,
+    /// Per-job vectors kept for the next prepare.
+    vecs: JobVecs<R>,
     /// Sliding peaks of one job's reservation (frames, nodes): the current window and the
     /// previous one, and jobs cleaned up in the current window.
     peaks: [(u64, usize); 2],
@@ -482,6 +516,7 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
             unusable: false,
             spare: Reserve::new(),
             scratch: Vec::new(),
+            vecs: JobVecs::default(),
             peaks: [(0, 0); 2],
             peak_jobs: 0,
             shortfall: 0,
@@ -602,7 +637,7 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
             .iter()
             .filter(|op| matches!(op, BindOp::Map { .. }))
             .count();
-        let mut refs: Vec<(ObjId, Option<R>)> = Vec::new();
+        let mut refs = core::mem::take(&mut self.vecs.refs);
         refs.try_reserve_exact(maps).map_err(nomem)?;
         for op in job.ops {
             if let BindOp::Map { obj, .. } = *op {
@@ -612,9 +647,9 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
         }
         refs.sort_unstable_by_key(|(obj, _)| *obj);
         refs.dedup_by_key(|(obj, _)| *obj);
-        let mut steps: Vec<Step> = Vec::new();
+        let mut steps = core::mem::take(&mut self.vecs.steps);
         steps.try_reserve_exact(job.ops.len()).map_err(nomem)?;
-        let mut backing: Vec<Chunk> = Vec::new();
+        let mut backing = core::mem::take(&mut self.vecs.backing);
         let mut need_nodes = 0usize;
         let mut span: Option<Range<u64>> = None;
         for (index, op) in job.ops.iter().enumerate() {
@@ -743,7 +778,7 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
         }
         // A slot in the deferred-cleanup list, so that `defer` never allocates.
         self.done.try_reserve(self.outstanding + 1).map_err(nomem)?;
-        let mut pins: Vec<LinkPin> = Vec::new();
+        let mut pins = core::mem::take(&mut self.vecs.pins);
         pins.try_reserve_exact(refs.len()).map_err(nomem)?;
 
         // 3. Reserve: frames, then nodes, then links; each failure undoes the ones before.
@@ -1054,7 +1089,10 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
         drop(self.va.trim(self.config.spare_nodes.max(keep_nodes)));
         self.frames_in_flight = self.frames_in_flight.saturating_sub(held.frames);
         drop(fence);
-        drop(held.refs);
+        keep_vec(&mut self.vecs.refs, held.refs);
+        keep_vec(&mut self.vecs.steps, held.steps);
+        keep_vec(&mut self.vecs.backing, held.backing);
+        keep_vec(&mut self.vecs.pins, held.pins);
         Ok(())
     }
 }
