@@ -87,6 +87,15 @@
 //!   VM becomes unusable (maps refused with [`PrepareError::Unusable`], unmaps still run), in
 //!   debug and release builds alike.
 //!
+//! # Changes since `vmbind-v3`
+//!
+//! * A job's steps, backing, object references and link pins vectors are taken from the VM at
+//!   prepare and given back, emptied, at cleanup (up to 64 elements each): a stream of small
+//!   jobs no longer allocates them. No API change.
+//! * [`swsync`] states that its `try_new`s are fallible in practice, not by guarantee (they
+//!   probe the allocator, then call `Rc::new`), and that a kernel driver implements the
+//!   [`sync`] traits over its own fallibly allocated fences.
+//!
 //! # Examples
 //!
 //! ```
