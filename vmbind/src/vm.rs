@@ -990,7 +990,8 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
     ///
     /// # Errors
     ///
-    /// The job, untouched, if another VM prepared it.
+    /// The job, untouched, if another VM prepared it or its ticket is stale (the job was
+    /// released by [`Vm::reclaim_outstanding`]).
     pub fn run(&mut self, job: PreparedJob<R, F>) -> Result<DoneJob<R, F>, PreparedJob<R, F>> {
         let Some(JobState { mut held, .. }) = self.take_state(job.ticket, false) else {
             return Err(job);
@@ -1105,7 +1106,8 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
     ///
     /// # Errors
     ///
-    /// The job, untouched, if another VM prepared it.
+    /// The job, untouched, if another VM prepared it or its ticket is stale (the job was
+    /// released by [`Vm::reclaim_outstanding`]).
     pub fn abort(
         &mut self,
         job: PreparedJob<R, F>,
@@ -1146,7 +1148,8 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
     ///
     /// # Errors
     ///
-    /// The job, handed back, if its invalidation had failed and fails again (retry later).
+    /// The job, handed back, if its invalidation had failed and fails again (retry later), or if
+    /// the ticket is another VM's or stale (nothing to retry).
     pub fn cleanup(&mut self, done: DoneJob<R, F>) -> Result<(), DoneJob<R, F>> {
         if !self.is_current(done.ticket, true) {
             return Err(done);
