@@ -364,7 +364,7 @@ impl Walker {
         let next = (v.end() > self.e0).then(|| Mapping {
             addr: self.e0,
             len: v.end() - self.e0,
-            offset: v.offset.wrapping_add(self.e0 - v.addr),
+            offset: v.offset_after(self.e0 - v.addr),
             ..*v
         });
         if prev.is_none() && next.is_none() {
