@@ -64,8 +64,13 @@ impl Repeat {
         if log2 > Self::MAX_LOG2 {
             return None;
         }
-        // log2 + 1 is in 1..=63: never zero.
-        match NonZeroU8::new(log2 as u8 + 1) {
+        // log2 + 1 is in 1..=63: fits a u8, never zero.
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "log2 <= 62 was checked above"
+        )]
+        let code = log2 as u8 + 1;
+        match NonZeroU8::new(code) {
             Some(v) => Some(Self(v)),
             None => None,
         }
@@ -154,6 +159,6 @@ mod tests {
         assert_eq!(r.advance(0x1_3000, 0x1000), 0x1_0000);
         assert_eq!(r.advance(0x1_3000, 0x5000), 0x1_0000);
         assert_eq!(r.advance(0x1_1000, 0x2000u64.wrapping_neg()), 0x1_3000);
-        assert_eq!(r.advance(u64::MAX & !0xfff, 0x1000), u64::MAX - 0x3fff);
+        assert_eq!(r.advance(!0xfff_u64, 0x1000), u64::MAX - 0x3fff);
     }
 }

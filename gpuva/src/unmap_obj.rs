@@ -104,7 +104,12 @@ impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> Each<'_, D, L, P, V> {
             match ask(self.visitor, m, &v.data) {
                 Err(e) => err = Some(e),
                 Ok(false) => {}
-                Ok(true) => out = self.vas.remove(addr, self.spare).map(|(_, v, _)| (m, v.data)),
+                Ok(true) => {
+                    out = self
+                        .vas
+                        .remove(addr, self.spare)
+                        .map(|(_, v, _)| (m, v.data))
+                }
             }
         }
         if let Some(e) = err {

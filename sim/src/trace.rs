@@ -173,7 +173,10 @@ pub fn parse(text: &str) -> Result<Trace, ParseError> {
                 }
                 let period = number(line, "period", args[4])?;
                 let period = gpuva::Repeat::new(period).ok_or_else(|| {
-                    err(line, "the `map-repeat` period must be a power of two up to 2^62")
+                    err(
+                        line,
+                        "the `map-repeat` period must be a power of two up to 2^62",
+                    )
                 })?;
                 requests.push(Request::MapRepeat {
                     addr: number(line, "address", args[0])?,

@@ -131,7 +131,13 @@ fn repeat_request_inside_keeps_both_ends_in_phase() {
         ]
     );
     // The object index follows the pieces (an unmap of the object finds both).
-    let gone = run(&mut vm, Request::UnmapObject { obj: obj(1).expect("id") }).expect("valid");
+    let gone = run(
+        &mut vm,
+        Request::UnmapObject {
+            obj: obj(1).expect("id"),
+        },
+    )
+    .expect("valid");
     assert_eq!(gone.len(), 2);
     assert_eq!(all(&vm), [req]);
 }
@@ -147,9 +153,13 @@ fn repeat_keep_needs_same_window_and_congruent_phase() {
         op => panic!("{op:?}"),
     };
     // 6 pages in: phase (0 + 6) mod 4 = 2, offset 0x8000 + 2 pages.
-    assert!(keep_of(Mapping::new(6 * P, 2 * P, obj(1), 10 * P).with_repeat(rep(4 * P))));
+    assert!(keep_of(
+        Mapping::new(6 * P, 2 * P, obj(1), 10 * P).with_repeat(rep(4 * P))
+    ));
     // Congruent modulo the period is enough: phase 2 is phase 2 however the request is written.
-    assert!(keep_of(Mapping::new(2 * P, 2 * P, obj(1), 10 * P).with_repeat(rep(4 * P))));
+    assert!(keep_of(
+        Mapping::new(2 * P, 2 * P, obj(1), 10 * P).with_repeat(rep(4 * P))
+    ));
     // Other phase, other window, other period, other object, plain: no keep.
     for m in [
         Mapping::new(6 * P, 2 * P, obj(1), 11 * P).with_repeat(rep(4 * P)),
@@ -178,7 +188,16 @@ fn repeat_merge_with_congruent_neighbour() {
         let req = Mapping::new(4 * P, 2 * P, obj(1), 8 * P).with_repeat(rep(4 * P));
         let ops = run(&mut vm, Request::Map(req)).expect("valid");
         let wide = Mapping::new(0, 6 * P, obj(1), 8 * P).with_repeat(rep(4 * P));
-        assert_eq!(ops, [Op::Unmap { va: left, keep: true }, Op::Map(wide)]);
+        assert_eq!(
+            ops,
+            [
+                Op::Unmap {
+                    va: left,
+                    keep: true
+                },
+                Op::Map(wide)
+            ]
+        );
         assert_eq!(all(&vm), [wide]);
         // Incongruent on the right (phase 3, should be 2), plain on the far right: no merge.
         let odd = Mapping::new(6 * P, P, obj(1), 11 * P).with_repeat(rep(4 * P));
@@ -205,7 +224,9 @@ fn repeat_attribute_split_keeps_phases() {
         },
     )
     .expect("valid");
-    assert!(ops.iter().all(|op| matches!(op, Op::Remap { keep: true, .. })));
+    assert!(ops
+        .iter()
+        .all(|op| matches!(op, Op::Remap { keep: true, .. })));
     // Window [2, 4) pages, phase 1: pieces at 0, 3 and 7 pages start at phases 1, 0 and 0.
     let want: Vec<Mapping> = [(0, 3, 3), (3, 4, 2), (7, 3, 2)]
         .iter()
@@ -328,7 +349,10 @@ fn replay(list: &mut BTreeMap<u64, Mapping>, ops: &[Op]) {
             } => {
                 assert_eq!(list.remove(&unmap.addr), Some(unmap), "{op:?}");
                 for p in prev.into_iter().chain(next) {
-                    assert_eq!((p.obj, p.flags, p.repeat), (unmap.obj, unmap.flags, unmap.repeat));
+                    assert_eq!(
+                        (p.obj, p.flags, p.repeat),
+                        (unmap.obj, unmap.flags, unmap.repeat)
+                    );
                     for a in p.range() {
                         assert_eq!(translate(&p, a), translate(&unmap, a), "piece {p:?} at {a}");
                     }
@@ -361,7 +385,11 @@ fn random_request(rng: &mut Rng, space: u64, splits: bool) -> Request {
             )
         }
         4..=5 => {
-            let offset = if rng.below(2) == 0 { addr } else { rng.below(8) };
+            let offset = if rng.below(2) == 0 {
+                addr
+            } else {
+                rng.below(8)
+            };
             Request::Map(Mapping::new(addr, len, obj(rng.below(3)), offset))
         }
         6 | 7 => Request::Unmap { addr, len },
@@ -401,7 +429,9 @@ fn random_repeat_requests_match_the_models() {
             if let Some(model) = &model {
                 let want = match req {
                     Request::Map(m) => Some(model.expected_map_ops(&m)),
-                    Request::Unmap { addr, len } => Some(model.expected_unmap_ops(addr..addr + len)),
+                    Request::Unmap { addr, len } => {
+                        Some(model.expected_unmap_ops(addr..addr + len))
+                    }
                     _ => None,
                 };
                 if let Some(want) = want {
@@ -429,7 +459,10 @@ fn random_repeat_requests_match_the_models() {
             }
             repeats += vm.iter().filter(|v| v.repeat().is_some()).count();
         }
-        assert!(repeats > 3000, "seed {seed}: repeat mappings must be common");
+        assert!(
+            repeats > 3000,
+            "seed {seed}: repeat mappings must be common"
+        );
     }
 }
 
@@ -458,10 +491,22 @@ fn repeat_bounds_hold_on_full_trees() {
             let a = rng.below(N - 64) * P;
             let len = (1 + rng.below(40)) * P;
             let period = P << rng.below(4);
-            let m = Mapping::new(a, len, obj(1 + rng.below(3)), period * rng.below(2) + (a % period))
-                .with_repeat(Repeat::new(period));
+            let m = Mapping::new(
+                a,
+                len,
+                obj(1 + rng.below(3)),
+                period * rng.below(2) + (a % period),
+            )
+            .with_repeat(Repeat::new(period));
             run(&mut vm, Request::Map(m)).expect("valid");
-            run(&mut vm, Request::Unmap { addr: a + P, len: P }).expect("valid");
+            run(
+                &mut vm,
+                Request::Unmap {
+                    addr: a + P,
+                    len: P,
+                },
+            )
+            .expect("valid");
         }
     }
 }
