@@ -51,6 +51,14 @@ pub enum RangeError {
     Reserved,
     /// The start or length is not a multiple of the VA space's granule.
     Unaligned,
+    /// A repeat mapping without an object (a NULL mapping translates to nothing to repeat).
+    RepeatWithoutObject,
+    /// A repeat mapping's period is smaller than the VA space's granule (both are powers of two,
+    /// so a period at least the granule is a multiple of it).
+    RepeatPeriod,
+    /// A repeat mapping's offset (its window start plus its phase) is not a multiple of the
+    /// granule, so its phase is not page-granular.
+    RepeatPhase,
 }
 
 impl RangeError {
@@ -63,6 +71,9 @@ impl RangeError {
             Self::OutOfRange => "out-of-range",
             Self::Reserved => "reserved",
             Self::Unaligned => "unaligned",
+            Self::RepeatWithoutObject => "repeat-no-object",
+            Self::RepeatPeriod => "repeat-period",
+            Self::RepeatPhase => "repeat-phase",
         }
     }
 }
@@ -75,6 +86,9 @@ impl fmt::Display for RangeError {
             Self::OutOfRange => "range is outside the VA space",
             Self::Reserved => "range overlaps the reserved cut-out",
             Self::Unaligned => "range is not aligned to the VA space's granule",
+            Self::RepeatWithoutObject => "repeat mapping without an object",
+            Self::RepeatPeriod => "repeat period is smaller than the VA space's granule",
+            Self::RepeatPhase => "repeat phase is not aligned to the VA space's granule",
         })
     }
 }

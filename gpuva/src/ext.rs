@@ -11,18 +11,20 @@ use crate::error::{OpsError, RangeError, StepError};
 use crate::node::NodePtr;
 use crate::reserve::ClaimError;
 use crate::sm::{Op, OpPrefetch, Plan, Request, SmVisitor, Step, Walker};
-use crate::va::{Mapping, ObjId};
+use crate::va::Mapping;
 use crate::vm::GpuVm;
 
 /// Whether the merge policy may join `a` and `b` when they are adjacent in VA (`a` below `b`, or
 /// overlapping): the same object and flags, and for an object the same translation
-/// (`offset - addr`, wrapping); NULL mappings with equal flags always qualify (they translate to
-/// nothing, so their offsets carry no meaning).
+/// ([`Mapping::same_backing`]: `offset - addr`, wrapping; for repeat mappings the same window and
+/// a congruent phase; never a repeat with a plain mapping); NULL mappings with equal flags always
+/// qualify (they translate to nothing, so their offsets carry no meaning; they are never repeats).
 #[must_use]
 pub(crate) fn mergeable(a: &Mapping, b: &Mapping) -> bool {
     a.flags == b.flags
         && a.obj == b.obj
-        && (a.obj.is_none() || a.offset.wrapping_sub(a.addr) == b.offset.wrapping_sub(b.addr))
+        && a.repeat == b.repeat
+        && (a.obj.is_none() || a.same_backing(b))
 }
 
 impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
@@ -102,7 +104,7 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
         let wide = Mapping {
             addr: a,
             len: e - a,
-            offset: m.offset.wrapping_sub(m.addr - a),
+            offset: m.offset_after((m.addr - a).wrapping_neg()),
             ..m
         };
         Walker::merged(m, wide)
@@ -149,12 +151,8 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
                 }
             }
             Request::UnmapObject { obj } => {
-                let mut from = 0;
-                while let Some(m) = self.next_of(obj, from) {
-                    from = m.end();
-                    self.walk_apply(&Walker::unmap(m.addr, m.end()), None, visitor)
-                        .map_err(StepError::Visitor)?;
-                }
+                self.unmap_object_walk(obj, visitor)
+                    .map_err(StepError::Visitor)?;
             }
             Request::Map(_) | Request::Unmap { .. } => {
                 debug_assert!(false, "step_ext called for a core request");
@@ -169,24 +167,9 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
             Request::Prefetch { addr, len } | Request::Split { addr, len } => {
                 self.check_range(addr, len)
             }
-            Request::Map(m) => self.check_range(m.addr, m.len),
+            Request::Map(m) => self.check_map(&m),
             Request::Unmap { addr, len } => self.check_range(addr, len),
             Request::UnmapObject { .. } => Ok(0..0),
-        }
-    }
-
-    /// The lowest mapping of `obj` starting at or after `from`: through the object index
-    /// (O(log n)), or by scanning the mappings when the VA space keeps no links.
-    fn next_of(&self, obj: ObjId, from: u64) -> Option<Mapping> {
-        if self.links_on {
-            let o = obj.get();
-            let key = self.objs.seek((o, from)).key().filter(|k| k.0 == o)?;
-            let (v, t) = self.vas.get(key.1)?;
-            Some(v.mapping(key.1, t))
-        } else {
-            self.starting_in(from, u64::MAX)
-                .find(|v| v.obj() == Some(obj))
-                .map(|v| v.mapping())
         }
     }
 
@@ -229,11 +212,30 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
                     }
                 }
             }
+            Request::UnmapObject { obj } if self.links_on => {
+                // One cursor over the object's index entries, one lookup per mapping.
+                let o = obj.get();
+                let mut c = self.objs.seek((o, 0));
+                while let Some((_, addr)) = c.key().filter(|k| k.0 == o) {
+                    if let Some((v, t)) = self.vas.get(addr) {
+                        sink(Op::Unmap {
+                            va: v.mapping(addr, t),
+                            keep: false,
+                        })
+                        .map_err(OpsError::Sink)?;
+                    }
+                    if !c.next() {
+                        break;
+                    }
+                }
+            }
             Request::UnmapObject { obj } => {
-                let mut from = 0;
-                while let Some(m) = self.next_of(obj, from) {
-                    from = m.end();
-                    sink(Op::Unmap { va: m, keep: false }).map_err(OpsError::Sink)?;
+                for v in self.iter().filter(|v| v.obj() == Some(obj)) {
+                    sink(Op::Unmap {
+                        va: v.mapping(),
+                        keep: false,
+                    })
+                    .map_err(OpsError::Sink)?;
                 }
             }
             Request::Map(_) | Request::Unmap { .. } => {

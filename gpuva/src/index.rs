@@ -9,7 +9,7 @@
 use crate::btree::{Kind, Tree};
 use crate::link::{LinkRec, LinkState};
 use crate::node::{Body, Br128, Br64, LinkLeaf, ObjKey, ObjLeaf, VaLeaf};
-use crate::va::{VaFlags, VaVal};
+use crate::va::{Tag, VaVal};
 
 /// The mapping tree.
 pub(crate) struct VaKind;
@@ -25,7 +25,7 @@ pub(crate) type LinkTree<D, L, P> = Tree<D, L, P, LinkKind>;
 impl<D, L, P> Kind<D, L, P> for VaKind {
     type K = u64;
     type V = VaVal<D>;
-    type T = VaFlags;
+    type T = Tag;
     type Lf = VaLeaf<D>;
     type Br = Br64<P>;
     fn leaf(b: &Body<D, L, P>) -> Option<&Self::Lf> {

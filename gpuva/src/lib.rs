@@ -124,8 +124,10 @@ mod index;
 pub struct ReadmeDoctests;
 mod link;
 mod node;
+mod repeat;
 mod reserve;
 pub mod sm;
+mod unmap_obj;
 mod va;
 mod vm;
 
@@ -134,6 +136,7 @@ pub use link::{Link, LinkPin};
 #[cfg(feature = "alloc")]
 pub use node::BoxNode;
 pub use node::{AllocError, Node, NodeBag, NodePtr, RefNode};
+pub use repeat::Repeat;
 pub use reserve::{Bounds, Claim, ReserveError};
 #[cfg(feature = "alloc")]
 pub use sm::OpList;

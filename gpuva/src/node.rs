@@ -17,7 +17,7 @@ use core::ops::{Deref, DerefMut};
 
 use crate::btree::{Branch, Leaf};
 use crate::link::{LinkRec, LinkState};
-use crate::va::{VaFlags, VaVal};
+use crate::va::{Tag, VaVal};
 
 /// Entries in a mapping leaf.
 pub(crate) const VA_LEAF: usize = 16;
@@ -33,7 +33,7 @@ pub(crate) const BR128: usize = 24;
 /// The object index key: `(object id, mapping start)`.
 pub(crate) type ObjKey = (u64, u64);
 
-pub(crate) type VaLeaf<D> = Leaf<u64, VaVal<D>, VaFlags, VA_LEAF>;
+pub(crate) type VaLeaf<D> = Leaf<u64, VaVal<D>, Tag, VA_LEAF>;
 pub(crate) type ObjLeaf = Leaf<ObjKey, (), (), OBJ_LEAF>;
 pub(crate) type LinkLeaf<L> = Leaf<u64, LinkRec<L>, LinkState, LINK_LEAF>;
 pub(crate) type Br64<P> = Branch<u64, P, BR64>;

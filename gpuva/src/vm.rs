@@ -11,7 +11,7 @@ use crate::link::{LinkRec, LinkState};
 use crate::node::{NodeBag, NodePtr, VaLeaf};
 use crate::reserve::{Bounds, Claim, ClaimError};
 use crate::sm::{Op, OpMap, OpRemap, OpUnmap, Pending, Plan, Request, SmVisitor, Step, Walker};
-use crate::va::{GpuVa, Mapping, VaFlags, VaVal};
+use crate::va::{GpuVa, Mapping, Tag, VaFlags, VaVal};
 
 /// A GPU virtual address space: the mappings of `[start, end)`, minus an optional kernel-reserved
 /// cut-out, kept in B+trees of caller-supplied nodes, with object links.
@@ -228,6 +228,11 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
         self.generation
     }
 
+    /// Counts a change of the tree (plans recorded before it become stale).
+    pub(crate) fn bump_generation(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+    }
+
     /// An identity distinct for every VA space created by this program.
     #[must_use]
     pub fn id(&self) -> usize {
@@ -264,6 +269,32 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
         Ok(addr..end)
     }
 
+    /// Checks a map request: [`GpuVm::check_range`], then for a repeat mapping
+    /// ([`Mapping::repeat`]) that it has an object, that its period is a multiple of the granule
+    /// and that its phase (so its offset) is aligned to the granule. The length need not be a
+    /// multiple of the period: the pieces of later splits are arbitrary anyway, and a mapping
+    /// stores its phase. Whether the window lies inside the object is the caller's to check
+    /// (gpuva does not know object sizes).
+    ///
+    /// # Errors
+    ///
+    /// [`RangeError`]; the repeat checks come after the range checks.
+    pub fn check_map(&self, m: &Mapping) -> Result<Range<u64>, RangeError> {
+        let r = self.check_range(m.addr, m.len)?;
+        if let Some(rep) = m.repeat {
+            if m.obj.is_none() {
+                return Err(RangeError::RepeatWithoutObject);
+            }
+            if rep.period() < self.granule {
+                return Err(RangeError::RepeatPeriod);
+            }
+            if m.offset & (self.granule - 1) != 0 {
+                return Err(RangeError::RepeatPhase);
+            }
+        }
+        Ok(r)
+    }
+
     /// The mapping exactly covering `[addr, addr + len)`, if any (`drm_gpuva_find`).
     #[must_use]
     pub fn find(&self, addr: u64, len: u64) -> Option<GpuVa<'_, D>> {
@@ -284,7 +315,9 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
         if v.len != len {
             return None;
         }
-        Some(core::mem::replace(t, flags))
+        let old = t.flags();
+        *t = t.with_flags(flags);
+        Some(old)
     }
 
     /// Sets or clears [`VaFlags::INVALIDATED`] on a mapping (`drm_gpuva_invalidate`); `false` if
@@ -297,11 +330,11 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
             return false;
         }
         let bits = if invalidated {
-            t.bits() | VaFlags::INVALIDATED.bits()
+            t.flags().bits() | VaFlags::INVALIDATED.bits()
         } else {
-            t.bits() & !VaFlags::INVALIDATED.bits()
+            t.flags().bits() & !VaFlags::INVALIDATED.bits()
         };
-        *t = VaFlags::from_bits(bits);
+        *t = t.with_flags(VaFlags::from_bits(bits));
         true
     }
 
@@ -406,7 +439,7 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
     ) -> Result<(), StepError<V::Error>> {
         let w = match req {
             Request::Map(m) => {
-                self.check_range(m.addr, m.len).map_err(StepError::Range)?;
+                self.check_map(&m).map_err(StepError::Range)?;
                 self.map_walker(m)
             }
             Request::Unmap { addr, len } => {
@@ -481,7 +514,7 @@ impl<D, P: NodePtr<D, L>, L> GpuVm<D, P, L> {
     ) -> Result<Plan, OpsError<E>> {
         let w = match req {
             Request::Map(m) => {
-                self.check_range(m.addr, m.len).map_err(OpsError::Range)?;
+                self.check_map(&m).map_err(OpsError::Range)?;
                 self.map_walker(m)
             }
             Request::Unmap { addr, len } => {
@@ -925,7 +958,7 @@ impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> Walk<'_, D, L, P, V> {
         &mut self,
         leaf: &mut VaLeaf<D>,
         at: &LeafCtx<u64>,
-    ) -> Local<u64, Items<u64, VaVal<D>, VaFlags>> {
+    ) -> Local<u64, Items<u64, VaVal<D>, Tag>> {
         let (a0, e0) = self.w.bounds();
         let i = leaf.lower_bound(a0);
         // Decline when the straddler may sit in the previous leaf (nothing starts at a0 here and
@@ -978,7 +1011,7 @@ impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> Walk<'_, D, L, P, V> {
 
     /// The mapping `[k, ..)` straddling the request's start: a `Remap` keeping its prev piece in
     /// place (and, for a request strictly inside it, queueing its next piece).
-    fn straddle(&mut self, k: u64, v: &mut VaVal<D>, t: &mut VaFlags) {
+    fn straddle(&mut self, k: u64, v: &mut VaVal<D>, t: &mut Tag) {
         let old = v.mapping(k, *t);
         let Step::Remap { keep, prev, next } = self.w.step(&old) else {
             debug_assert!(false, "a straddler always keeps a prev piece");
@@ -1006,7 +1039,7 @@ impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> Walk<'_, D, L, P, V> {
         } = pending
         {
             v.len = pm.len;
-            *t = pm.flags;
+            *t = Tag::of(&pm);
             let old_data = core::mem::replace(&mut v.data, pd);
             self.visitor.removed(old, old_data);
             self.changed = true;
@@ -1038,7 +1071,7 @@ impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> Walk<'_, D, L, P, V> {
 
     /// The entries to insert (the new mapping, then a split's next piece); their object-index
     /// entries are noted for after the mapping tree is done.
-    fn take_items(&mut self) -> Items<u64, VaVal<D>, VaFlags> {
+    fn take_items(&mut self) -> Items<u64, VaVal<D>, Tag> {
         let mut items = Items::new();
         let new = self.new.take().map(|(m, d)| (m, d, true));
         self.new_inserted |= new.is_some();
@@ -1048,17 +1081,17 @@ impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> Walk<'_, D, L, P, V> {
             {
                 *slot = Some(((o.get(), m.addr), is_new));
             }
-            items.push((m.addr, val(&m, data), m.flags));
+            items.push((m.addr, val(&m, data), Tag::of(&m)));
             self.changed = true;
         }
         items
     }
 }
 
-impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> RangeVisit<u64, VaVal<D>, VaFlags>
+impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> RangeVisit<u64, VaVal<D>, Tag>
     for Walk<'_, D, L, P, V>
 {
-    fn visit(&mut self, k: u64, v: &mut VaVal<D>, t: &mut VaFlags) -> Act<u64> {
+    fn visit(&mut self, k: u64, v: &mut VaVal<D>, t: &mut Tag) -> Act<u64> {
         if self.err.is_some() {
             return Act::Stop;
         }
@@ -1099,7 +1132,7 @@ impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> RangeVisit<u64, VaVal<D>, VaFlags>
                 // The mapping moves its start to e0, in place: nothing else starts in between.
                 v.len = nm.len;
                 v.offset = nm.offset;
-                *t = nm.flags;
+                *t = Tag::of(&nm);
                 let old_data = core::mem::replace(&mut v.data, nd);
                 self.visitor.removed(old, old_data);
                 if let (true, Some(o)) = (self.links_on, old.obj) {
@@ -1122,7 +1155,7 @@ impl<D, L, P: NodePtr<D, L>, V: SmVisitor<D>> RangeVisit<u64, VaVal<D>, VaFlags>
         }
     }
 
-    fn removed(&mut self, k: u64, v: VaVal<D>, t: VaFlags) {
+    fn removed(&mut self, k: u64, v: VaVal<D>, t: Tag) {
         let m = v.mapping(k, t);
         if let (true, Some(o)) = (self.links_on, m.obj) {
             let o = o.get();

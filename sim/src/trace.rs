@@ -42,6 +42,20 @@ pub enum Request {
         /// Size.
         size: u64,
     },
+    /// Extension `map-repeat <addr> <size> <obj> <offset> <period>`: a repeat mapping of the
+    /// window of `period` bytes containing `offset`, from phase `offset mod period`.
+    MapRepeat {
+        /// First address.
+        addr: u64,
+        /// Size.
+        size: u64,
+        /// Object id, 0 for none (which gpuva refuses for a repeat).
+        obj: u64,
+        /// Offset in the object of the first address: window start plus phase.
+        offset: u64,
+        /// The window's size.
+        period: gpuva::Repeat,
+    },
 }
 
 /// A parsed trace: the VA space geometry and the requests in order.
@@ -152,6 +166,26 @@ pub fn parse(text: &str) -> Result<Trace, ParseError> {
                     size: number(line, "size", args[1])?,
                 });
             }
+            "map-repeat" => {
+                want(5, "map-repeat <addr> <size> <obj> <offset> <period>")?;
+                if space.is_none() {
+                    return Err(err(line, "the first request must be `space`"));
+                }
+                let period = number(line, "period", args[4])?;
+                let period = gpuva::Repeat::new(period).ok_or_else(|| {
+                    err(
+                        line,
+                        "the `map-repeat` period must be a power of two up to 2^62",
+                    )
+                })?;
+                requests.push(Request::MapRepeat {
+                    addr: number(line, "address", args[0])?,
+                    size: number(line, "size", args[1])?,
+                    obj: number(line, "object", args[2])?,
+                    offset: number(line, "offset", args[3])?,
+                    period,
+                });
+            }
             "merge" => {
                 want(1, "merge on")?;
                 if args[0] != "on" {
@@ -248,6 +282,9 @@ mod tests {
                 "before the first request",
             ),
             ("space 0 10\nmerge off\n", 2, "takes `on`"),
+            ("space 0 10\nmap-repeat 0 1 1 0\n", 2, "takes 5 fields"),
+            ("space 0 10\nmap-repeat 0 1 1 0 3\n", 2, "power of two"),
+            ("space 0 10\nmap-repeat 0 1 1 0 0\n", 2, "power of two"),
             ("space 0 10\nsplit 0\n", 2, "takes 2 fields"),
         ];
         for (text, line, needle) in cases {

@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use gpuva::{Mapping, ObjId, Op, RangeError, VaFlags};
+use gpuva::{Mapping, ObjId, Op, RangeError, Repeat, VaFlags};
 
 /// One mapped page of the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -37,6 +37,9 @@ pub struct Page {
     pub offset: u64,
     /// Flags of the mapping.
     pub flags: VaFlags,
+    /// The repeat period of the mapping, if it is a repeat mapping (`offset` is then this page's
+    /// offset inside the repeated window: the phase is checked page by page).
+    pub repeat: Option<Repeat>,
 }
 
 impl Page {
@@ -226,7 +229,8 @@ impl Model {
         );
         self.cache.0.get_mut().take();
         for p in self.page_indices(m.range()) {
-            let offset = m.offset.wrapping_add(p * self.page - m.addr);
+            // A repeat mapping reads window start + (phase + k) mod period, k units in.
+            let offset = m.offset_after(p * self.page - m.addr);
             self.pages.insert(
                 p,
                 Page {
@@ -234,6 +238,7 @@ impl Model {
                     obj: m.obj,
                     offset,
                     flags: m.flags,
+                    repeat: m.repeat,
                 },
             );
         }
@@ -269,13 +274,18 @@ impl Model {
                     && l.id == page.id
                     && l.obj == page.obj
                     && l.flags == page.flags
-                    && l.offset.wrapping_add(self.page) == page.offset
+                    && l.repeat == page.repeat
+                    && Mapping::new(0, 0, l.obj, l.offset)
+                        .with_repeat(l.repeat)
+                        .offset_after(self.page)
+                        == page.offset
             });
             match out.last_mut() {
                 Some((m, _)) if extends => m.len += self.page,
                 _ => out.push((
                     Mapping::new(p * self.page, self.page, page.obj, page.offset)
-                        .with_flags(page.flags),
+                        .with_flags(page.flags)
+                        .with_repeat(page.repeat),
                     page.id,
                 )),
             }
@@ -294,13 +304,17 @@ impl Model {
 
     /// drm_gpuvm's decision for one overlapped mapping `v` (the decision table). `req` is `None` for unmap.
     fn expected_op(&self, v: &Mapping, r: &Range<u64>, req: Option<&Mapping>) -> Op {
-        // keep: compare what one shared page translates to under `v` and under the request.
+        // keep: compare what one shared page translates to under `v` and under the request. For
+        // repeat mappings of one period that suffices too (windows of one size are disjoint or
+        // equal, and a different phase differs on every page); a repeat never keeps with a plain
+        // mapping or a repeat of another period.
         let shared = v.addr.max(r.start);
         let keep = req.is_some_and(|req| {
             v.obj.is_some()
                 && v.obj == req.obj
+                && v.repeat == req.repeat
                 && self.translation(shared).map(|p| p.offset)
-                    == Some(req.offset.wrapping_add(shared - req.addr))
+                    == Some(req.offset_after(shared - req.addr))
         });
         let prev = (v.addr < r.start).then(|| Mapping {
             len: r.start - v.addr,
@@ -416,13 +430,14 @@ impl Model {
                         || piece.len >= unmap.len
                         || piece.obj != unmap.obj
                         || piece.flags != unmap.flags
+                        || piece.repeat != unmap.repeat
                     {
                         return Err(format!("bad piece {piece:?} of {unmap:?}"));
                     }
                     // The piece must translate exactly as the old mapping did.
                     for p in self.page_indices(piece.range()) {
                         let want = before.pages.get(&p).map(Page::translation);
-                        let got = piece.offset.wrapping_add(p * self.page - piece.addr);
+                        let got = piece.offset_after(p * self.page - piece.addr);
                         if want != Some((piece.obj, got, piece.flags)) {
                             return Err(format!(
                                 "piece {piece:?} of {unmap:?} changes page {p:#x}"

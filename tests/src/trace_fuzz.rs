@@ -54,6 +54,21 @@ pub fn render(t: &Trace, hex: bool) -> String {
                 writeln!(out, "prefetch {} {}", n(addr), n(size))
             }
             Request::Split { addr, size } => writeln!(out, "split {} {}", n(addr), n(size)),
+            Request::MapRepeat {
+                addr,
+                size,
+                obj,
+                offset,
+                period,
+            } => writeln!(
+                out,
+                "map-repeat {} {} {} {} {}",
+                n(addr),
+                n(size),
+                n(obj),
+                n(offset),
+                n(period.period())
+            ),
         };
     }
     out

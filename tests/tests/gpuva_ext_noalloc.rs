@@ -1,5 +1,5 @@
 //! The run stage of the extension requests allocates nothing and frees nothing: unmap of all
-//! mappings of an object, prefetch, attribute split and merged maps, through `step` (with the
+//! mappings of an object, prefetch, attribute split, merged maps and repeat maps, through `step` (with the
 //! built-in and a recording visitor, a failing visitor), `apply_plan`, the refusals, links on
 //! and off. The counting allocator is `gpuva_noalloc`'s (one per test binary).
 
@@ -7,7 +7,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::thread::LocalKey;
 
-use gpuva::{Apply, BoxNode, GpuVm, Mapping, ObjId, Request, SmVisitor, StepError};
+use gpuva::{Apply, BoxNode, GpuVm, Mapping, ObjId, Repeat, Request, SmVisitor, StepError};
 use tests::harness::Rng;
 
 type Vm = GpuVm<u64, BoxNode<u64>>;
@@ -164,7 +164,11 @@ fn extension_run_stage_allocates_nothing(links: bool) {
         let o = ObjId::new(1 + rng.below(40)).expect("non-zero");
         let offset = if rng.below(2) == 0 { addr } else { 0 };
         let req = match i % 9 {
-            0..=3 => Request::Map(Mapping::new(addr, len, Some(o), offset)),
+            0..=2 => Request::Map(Mapping::new(addr, len, Some(o), offset)),
+            // Repeat maps (periods 1 to 128; merged when congruent, split by later requests).
+            3 => Request::Map(
+                Mapping::new(addr, len, Some(o), offset).with_repeat(Repeat::new(1 << (i % 8))),
+            ),
             4 => Request::Map(Mapping::new(addr, len, None, 0)),
             5 => Request::Split { addr, len },
             6 => Request::Prefetch { addr, len },

@@ -12,7 +12,7 @@ use alloc::vec::Vec;
 use super::{insert_nodes, max_height, Act, Items, RangeVisit, Tree};
 use crate::index::VaKind;
 use crate::node::{NodeBag, BR64, VA_LEAF};
-use crate::va::{VaFlags, VaVal};
+use crate::va::{Tag, VaVal};
 use crate::BoxNode;
 
 type N = BoxNode<(), ()>;
@@ -43,7 +43,7 @@ fn insert(
     let before = spare.len();
     let mut items = Items::new();
     for &k in keys {
-        items.push((k, v(1), VaFlags::EMPTY));
+        items.push((k, v(1), Tag::default()));
     }
     assert!(
         t.insert(route, items, bump, spare).is_ok(),
@@ -78,11 +78,11 @@ impl Rng {
 
 /// Removes every key in the range, re-keying none.
 struct RemoveAll(Vec<u64>);
-impl RangeVisit<u64, VaVal<()>, VaFlags> for RemoveAll {
-    fn visit(&mut self, _: u64, _: &mut VaVal<()>, _: &mut VaFlags) -> Act<u64> {
+impl RangeVisit<u64, VaVal<()>, Tag> for RemoveAll {
+    fn visit(&mut self, _: u64, _: &mut VaVal<()>, _: &mut Tag) -> Act<u64> {
         Act::Remove
     }
-    fn removed(&mut self, k: u64, _: VaVal<()>, _: VaFlags) {
+    fn removed(&mut self, k: u64, _: VaVal<()>, _: Tag) {
         self.0.push(k);
     }
 }
@@ -93,15 +93,15 @@ struct RemoveThenRekey {
     to: u64,
     removed: Vec<u64>,
 }
-impl RangeVisit<u64, VaVal<()>, VaFlags> for RemoveThenRekey {
-    fn visit(&mut self, k: u64, _: &mut VaVal<()>, _: &mut VaFlags) -> Act<u64> {
+impl RangeVisit<u64, VaVal<()>, Tag> for RemoveThenRekey {
+    fn visit(&mut self, k: u64, _: &mut VaVal<()>, _: &mut Tag) -> Act<u64> {
         if k == self.last {
             Act::Rekey(self.to)
         } else {
             Act::Remove
         }
     }
-    fn removed(&mut self, k: u64, _: VaVal<()>, _: VaFlags) {
+    fn removed(&mut self, k: u64, _: VaVal<()>, _: Tag) {
         self.removed.push(k);
     }
 }

@@ -107,8 +107,8 @@
 //!
 //! * [`Request::UnmapObject`] (GEM close): every mapping of the object, in **ascending address
 //!   order** (drm_gpuvm's `bo_unmap_ops_create` uses link order), one `Unmap { keep: false }`
-//!   each: an exact unmap of each mapping, found through the object index (O(log n) each; a VA
-//!   space without links scans). Needs no nodes.
+//!   each: one range walk of the object index, one mapping-tree descent per mapping (a VA space
+//!   without links scans). Needs no nodes.
 //! * [`Request::Prefetch`]: the range is validated like any request (drm_gpuvm validates
 //!   nothing, and would hand out the cut-out); one [`Op::Prefetch`] per overlapping mapping,
 //!   whole, ascending; nothing changes. Visitors see [`OpPrefetch`] (default: ignored).
@@ -124,6 +124,12 @@
 //!   it. The ops are the drm_gpuvm ops of that widened map; the widened parts come with keep =
 //!   true (for NULL mappings too, under the policy), and [`OpMap::requested`] names the new part.
 //!   Bound: a plain map's (the same walk, the same inserts).
+//!
+//! * Repeat mappings ([`Mapping::with_repeat`](crate::Mapping::with_repeat),
+//!   [`Repeat`](crate::Repeat)): a map whose mapping repeats an object window. The ops are a
+//!   map's; every piece continues at phase `(phase + k) mod period`, `k` units into the split
+//!   mapping; keep and merge need the same window at a congruent phase, never a plain mapping.
+//!   Diagrams R1-R5 are in `docs/semantics.md`, section 11. Bound: a plain map's.
 //!
 //! Units below are abstract (one tick = 100); `X`, `Y`, `Z` are objects, `N` a NULL mapping.
 //!
@@ -364,7 +370,7 @@ impl Walker {
         let next = (v.end() > self.e0).then(|| Mapping {
             addr: self.e0,
             len: v.end() - self.e0,
-            offset: v.offset.wrapping_add(self.e0 - v.addr),
+            offset: v.offset_after(self.e0 - v.addr),
             ..*v
         });
         if prev.is_none() && next.is_none() {
