@@ -44,7 +44,9 @@
 //! A pivot is only a bound (see [`branch`]): removals never update ancestors. Two operations move
 //! a key upwards inside the gap to its successor (the in-place re-key of a `next` piece, and the
 //! two-entry insert of a split); they raise the pivots on their path to keep the bound, which is
-//! valid because the VA semantics guarantee that nothing lives in that gap.
+//! valid because the VA semantics guarantee that nothing lives in that gap. Each level raises its
+//! pivot before it rebalances: a merge moves the pivot down into the merged node as a separator,
+//! and a copy raised too late would leave the moved key on the wrong side of it.
 
 mod branch;
 mod cursor;
@@ -849,14 +851,16 @@ fn walk_rec<D, L, P: NodePtr<D, L>, Kd: Kind<D, L, P>>(
                 return Flow::Exhausted;
             };
             let flow = walk_rec::<D, L, P, Kd>(child, level - 1, lo, hi, vis, spare);
-            let how = fix::<D, L, P, Kd>(br, ci, level - 1, spare);
-            let at = if how == Fix::IntoLeft { ci - 1 } else { ci };
-            if let Flow::Done { bump } = flow {
-                if let Some(b) = bump {
-                    if at + 1 < br.len() && br.pivot(at).is_some_and(|p| p < b) {
-                        br.set_pivot(at, b);
-                    }
+            // A re-key below raises the pivot after this child before `fix` runs: a merge moves
+            // that pivot down into the merged node as a separator, where it must already bound
+            // the moved key (raising it afterwards would miss the copy).
+            if let Flow::Done { bump: Some(b) } = flow {
+                if ci + 1 < br.len() && br.pivot(ci).is_some_and(|p| p < b) {
+                    br.set_pivot(ci, b);
                 }
+            }
+            let how = fix::<D, L, P, Kd>(br, ci, level - 1, spare);
+            if let Flow::Done { .. } = flow {
                 return flow;
             }
             // The child has nothing left in range: go on with the one after it.

@@ -344,3 +344,57 @@ fn range_walk_after_an_ascending_fill() {
         }
     }
 }
+
+/// Regression: a walk that removed a long run and re-keyed its last entry past a stale pivot
+/// raised the pivots only after rebalancing. When the emptied subtree merged with its right
+/// sibling, the old separator moved down into the merged node unraised, and the re-keyed entry
+/// sat right of it: "leaf key outside its pivots", and lookups missed the entry. (Found by the
+/// reservation property test on a full mapping tree: an unmap across many mappings that cut the
+/// last one.)
+#[test]
+fn rekey_past_a_stale_pivot_at_the_end_of_a_long_walk() {
+    for seed in 1..=40u64 {
+        let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut t = T::new();
+        let mut spare = NodeBag::new();
+        let mut model = BTreeSet::new();
+        let n = 4000 + r.below(8000);
+        for k in 0..n {
+            insert(&mut t, &mut spare, k * 64, &[k * 64], None);
+            model.insert(k * 64);
+        }
+        for round in 0..30 {
+            // Stale pivots: drop a run of keys, so that gaps span subtree boundaries.
+            let at = r.below(n) * 64;
+            let gap = 1 + r.below(40);
+            let mut w = RemoveAll(Vec::new());
+            t.walk_range(at, at + gap * 64, &mut w, &mut spare);
+            for k in &w.0 {
+                model.remove(k);
+            }
+            // A long walk ending right before a gap: its last key moves to the top of the gap.
+            let lo = r.below(n) * 64;
+            let hi = lo + 64 * (1 + r.below(1500));
+            let inside: Vec<u64> = model.range(lo..hi).copied().collect();
+            let Some(&last) = inside.last() else { continue };
+            let gap_end = model.range(last + 1..).next().copied().unwrap_or(u64::MAX);
+            let to = gap_end - 1;
+            let mut w = RemoveThenRekey {
+                last,
+                to,
+                removed: Vec::new(),
+            };
+            t.walk_range(lo, hi, &mut w, &mut spare);
+            for k in &inside {
+                model.remove(k);
+            }
+            model.insert(to);
+            if let Err(e) = t.check() {
+                panic!("seed {seed} round {round}: walk {lo}..{hi}, {last} -> {to}: {e}");
+            }
+            assert!(t.get(to).is_some(), "seed {seed} round {round}: {to} lost");
+            assert_eq!(t.len(), model.len());
+        }
+        assert_eq!(keys(&t), model.iter().copied().collect::<Vec<_>>());
+    }
+}
