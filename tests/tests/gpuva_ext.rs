@@ -13,40 +13,13 @@
 use std::collections::BTreeMap;
 
 use gpuva::{
-    Apply, BoxNode, GpuVm, Mapping, ObjId, Op, OpsError, RangeError, Record, Request, StepError,
-    VaFlags,
+    Apply, BoxNode, GpuVm, Mapping, ObjId, Op, OpsError, RangeError, Request, StepError, VaFlags,
 };
+use tests::addr_model::{addrs_of, reference, replay, run, Addrs, Vm};
 use tests::harness::Rng;
-
-type Vm = GpuVm<u64, BoxNode<u64>>;
 
 fn obj(n: u64) -> Option<ObjId> {
     ObjId::new(n)
-}
-
-/// Runs `req` as a driver does (claim its bound and a link, pin, step, release, put), recording
-/// the steps; asserts the node bound.
-fn run(vm: &mut Vm, req: Request) -> Result<Vec<Op>, StepError> {
-    let link = match req {
-        Request::Map(m) if vm.has_links() => m.obj,
-        _ => None,
-    };
-    let need = vm.nodes_for(&req);
-    let mut claim = vm
-        .reserve_boxed(need + vm.link_nodes())
-        .expect("test allocation");
-    let pin = link.map(|o| vm.link_obtain(o, &mut claim, || ()).expect("link"));
-    let taken = vm.nodes_taken();
-    let mut ops = Vec::new();
-    let r = vm.step(req, &mut claim, &mut Record::new(|op| ops.push(op)));
-    let drawn = vm.nodes_taken() - taken;
-    assert!(drawn <= need as u64, "{req:?} drew {drawn} > {need}");
-    vm.release(claim).expect("own claim");
-    if let Some(p) = pin {
-        vm.link_put(p).expect("own pin");
-    }
-    vm.check_invariants().expect("invariants");
-    r.map(|()| ops)
 }
 
 fn ops_of(vm: &Vm, req: Request) -> Vec<Op> {
@@ -462,79 +435,6 @@ fn merged_map_step_reports_the_requested_range() {
 
 /// Page -> translation (object, object offset of the page, flags); NULL pages have offset 0
 /// (their offsets carry no meaning, and merging NULL mappings changes them).
-type Pages = BTreeMap<u64, (Option<ObjId>, u64, VaFlags)>;
-
-fn pages_of(vm: &Vm) -> Pages {
-    let mut p = Pages::new();
-    for va in vm.iter() {
-        for a in va.range() {
-            let off = if va.obj().is_some() {
-                va.offset().wrapping_add(a - va.addr())
-            } else {
-                0
-            };
-            p.insert(a, (va.obj(), off, va.flags()));
-        }
-    }
-    p
-}
-
-/// What a request must do to the translations.
-fn reference(pages: &mut Pages, req: &Request) {
-    match *req {
-        Request::Map(m) => {
-            for a in m.range() {
-                let off = if m.obj.is_some() {
-                    m.offset.wrapping_add(a - m.addr)
-                } else {
-                    0
-                };
-                pages.insert(a, (m.obj, off, m.flags));
-            }
-        }
-        Request::Unmap { addr, len } => {
-            for a in addr..addr + len {
-                pages.remove(&a);
-            }
-        }
-        Request::UnmapObject { obj } => pages.retain(|_, t| t.0 != Some(obj)),
-        Request::Prefetch { .. } | Request::Split { .. } => {}
-    }
-}
-
-/// Applies ops to a plain mapping list, checking each describes the current list.
-fn replay(list: &mut BTreeMap<u64, Mapping>, ops: &[Op]) {
-    for op in ops {
-        match *op {
-            Op::Map(m) => {
-                assert!(
-                    list.range(..m.end())
-                        .next_back()
-                        .is_none_or(|(_, v)| v.end() <= m.addr),
-                    "{op:?} overlaps"
-                );
-                list.insert(m.addr, m);
-            }
-            Op::Unmap { va, .. } => assert_eq!(list.remove(&va.addr), Some(va), "{op:?}"),
-            Op::Remap {
-                unmap, prev, next, ..
-            } => {
-                assert_eq!(list.remove(&unmap.addr), Some(unmap), "{op:?}");
-                for p in prev.into_iter().chain(next) {
-                    assert_eq!((p.obj, p.flags), (unmap.obj, unmap.flags));
-                    assert_eq!(
-                        p.offset.wrapping_sub(p.addr),
-                        unmap.offset.wrapping_sub(unmap.addr),
-                        "piece {p:?} changes translations"
-                    );
-                    list.insert(p.addr, p);
-                }
-            }
-            Op::Prefetch(m) => assert_eq!(list.get(&m.addr), Some(&m), "{op:?}"),
-        }
-    }
-}
-
 fn random_request(rng: &mut Rng, space: u64, splits: bool) -> Request {
     let addr = rng.below(space);
     let max = if rng.below(6) == 0 { 60 } else { 8 };
@@ -578,7 +478,7 @@ fn random_requests_match_the_reference_model() {
         if !links {
             vm = vm.without_links();
         }
-        let mut pages = Pages::new();
+        let mut pages = Addrs::new();
         let mut list = BTreeMap::new();
         for i in 0..3000 {
             let req = random_request(&mut rng, space, splits);
@@ -592,7 +492,7 @@ fn random_requests_match_the_reference_model() {
                 "request {i} {req:?}"
             );
             reference(&mut pages, &req);
-            assert_eq!(pages_of(&vm), pages, "seed {seed} request {i} {req:?}");
+            assert_eq!(addrs_of(&vm), pages, "seed {seed} request {i} {req:?}");
             match req {
                 Request::Map(m) => {
                     let v = vm.lookup(m.addr).expect("mapped");

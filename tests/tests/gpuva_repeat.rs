@@ -13,13 +13,10 @@
 
 use std::collections::BTreeMap;
 
-use gpuva::{
-    BoxNode, GpuVm, Mapping, ObjId, Op, OpsError, RangeError, Record, Repeat, Request, StepError,
-};
+use gpuva::{Mapping, ObjId, Op, OpsError, RangeError, Repeat, Request, StepError};
+use tests::addr_model::{addrs_of, reference, replay, run, Addrs, Vm};
 use tests::harness::Rng;
 use tests::model::Model;
-
-type Vm = GpuVm<u64, BoxNode<u64>>;
 
 const P: u64 = 0x1000;
 
@@ -29,31 +26,6 @@ fn obj(n: u64) -> Option<ObjId> {
 
 fn rep(period: u64) -> Option<Repeat> {
     Some(Repeat::new(period).expect("power of two"))
-}
-
-/// Runs `req` as a driver does (claim its bound and a link, pin, step, release, put), recording
-/// the steps; asserts the node bound and the structure.
-fn run(vm: &mut Vm, req: Request) -> Result<Vec<Op>, StepError> {
-    let link = match req {
-        Request::Map(m) if vm.has_links() => m.obj,
-        _ => None,
-    };
-    let need = vm.nodes_for(&req);
-    let mut claim = vm
-        .reserve_boxed(need + vm.link_nodes())
-        .expect("test allocation");
-    let pin = link.map(|o| vm.link_obtain(o, &mut claim, || ()).expect("link"));
-    let taken = vm.nodes_taken();
-    let mut ops = Vec::new();
-    let r = vm.step(req, &mut claim, &mut Record::new(|op| ops.push(op)));
-    let drawn = vm.nodes_taken() - taken;
-    assert!(drawn <= need as u64, "{req:?} drew {drawn} > {need}");
-    vm.release(claim).expect("own claim");
-    if let Some(p) = pin {
-        vm.link_put(p).expect("own pin");
-    }
-    vm.check_invariants().expect("invariants");
-    r.map(|()| ops)
 }
 
 fn paged(links: bool, merge: bool, maps: &[Mapping]) -> Vm {
@@ -277,92 +249,6 @@ fn refused_repeat_maps_change_nothing() {
 
 // ---------------------------------------------------------------------------------------------
 // Random mixes against the models.
-
-/// Address -> (object, object offset, flags bits, period or 0); NULL addresses have offset 0.
-type Addrs = BTreeMap<u64, (Option<ObjId>, u64, u32, u64)>;
-
-/// The object offset `k` units into a mapping at `offset`, written out independently of
-/// `Mapping::offset_after`: the window start plus `(phase + k) mod period`.
-fn offset_at(offset: u64, period: u64, k: u64) -> u64 {
-    if period == 0 {
-        return offset.wrapping_add(k);
-    }
-    let base = offset - offset % period;
-    base + (offset % period + k % period) % period
-}
-
-fn translate(m: &Mapping, a: u64) -> (Option<ObjId>, u64, u32, u64) {
-    let period = m.repeat.map_or(0, Repeat::period);
-    let off = if m.obj.is_some() {
-        offset_at(m.offset, period, a - m.addr)
-    } else {
-        0
-    };
-    (m.obj, off, m.flags.bits(), period)
-}
-
-fn addrs_of(vm: &Vm) -> Addrs {
-    let mut p = Addrs::new();
-    for va in vm.iter() {
-        let m = va.mapping();
-        for a in m.range() {
-            p.insert(a, translate(&m, a));
-        }
-    }
-    p
-}
-
-fn reference(addrs: &mut Addrs, req: &Request) {
-    match *req {
-        Request::Map(m) => {
-            for a in m.range() {
-                addrs.insert(a, translate(&m, a));
-            }
-        }
-        Request::Unmap { addr, len } => {
-            for a in addr..addr + len {
-                addrs.remove(&a);
-            }
-        }
-        Request::UnmapObject { obj } => addrs.retain(|_, t| t.0 != Some(obj)),
-        Request::Prefetch { .. } | Request::Split { .. } => {}
-    }
-}
-
-/// Applies ops to a plain mapping list, checking each describes the list and that pieces
-/// translate every address as the mapping they come from did.
-fn replay(list: &mut BTreeMap<u64, Mapping>, ops: &[Op]) {
-    for op in ops {
-        match *op {
-            Op::Map(m) => {
-                assert!(
-                    list.range(..m.end())
-                        .next_back()
-                        .is_none_or(|(_, v)| v.end() <= m.addr),
-                    "{op:?} overlaps"
-                );
-                list.insert(m.addr, m);
-            }
-            Op::Unmap { va, .. } => assert_eq!(list.remove(&va.addr), Some(va), "{op:?}"),
-            Op::Remap {
-                unmap, prev, next, ..
-            } => {
-                assert_eq!(list.remove(&unmap.addr), Some(unmap), "{op:?}");
-                for p in prev.into_iter().chain(next) {
-                    assert_eq!(
-                        (p.obj, p.flags, p.repeat),
-                        (unmap.obj, unmap.flags, unmap.repeat)
-                    );
-                    for a in p.range() {
-                        assert_eq!(translate(&p, a), translate(&unmap, a), "piece {p:?} at {a}");
-                    }
-                    list.insert(p.addr, p);
-                }
-            }
-            Op::Prefetch(m) => assert_eq!(list.get(&m.addr), Some(&m), "{op:?}"),
-        }
-    }
-}
 
 fn random_request(rng: &mut Rng, space: u64, splits: bool) -> Request {
     let addr = rng.below(space);
