@@ -10,7 +10,9 @@
 //! ```
 //!
 //! and then drives it from the same thread: [`arm`] a [`Plan`], run the fallible call, [`disarm`]
-//! (which returns what happened). Without the `#[global_allocator]` line everything still
+//! (which returns what happened), or wrap the call in [`with_plan`]; [`no_alloc`] is the run-stage
+//! check built on it (neither allocations nor frees). Plans do not nest: arming resets the
+//! counters. Without the `#[global_allocator]` line everything still
 //! compiles and runs, but nothing fails and nothing is counted; [`installed`] tells which.
 //!
 //! The allocator never panics and never allocates: it only touches const-initialised
@@ -51,6 +53,8 @@ pub struct Report {
     pub allocs: u64,
     /// Of those, how many were failed on purpose.
     pub failed: u64,
+    /// Frees (`dealloc`, and the old block of a successful `realloc`).
+    pub frees: u64,
     /// Bytes allocated minus bytes freed (realloc counts as a free and an allocation).
     pub net_bytes: i64,
     /// Blocks allocated minus blocks freed.
@@ -65,6 +69,7 @@ thread_local! {
     static PARAM: Cell<u64> = const { Cell::new(0) };
     static SEED: Cell<u64> = const { Cell::new(0) };
     static FAILED: Cell<u64> = const { Cell::new(0) };
+    static FREES: Cell<u64> = const { Cell::new(0) };
     static NET_BYTES: Cell<i64> = const { Cell::new(0) };
     static NET_BLOCKS: Cell<i64> = const { Cell::new(0) };
     /// Allocations seen ever (armed or not): how [`installed`] detects the allocator.
@@ -117,6 +122,7 @@ fn on_alloc(size: usize) -> bool {
 
 fn on_free(size: usize) {
     if get(&ARMED) {
+        set(&FREES, get(&FREES) + 1);
         set(&NET_BYTES, get(&NET_BYTES).wrapping_sub(bytes(size)));
         set(&NET_BLOCKS, get(&NET_BLOCKS).wrapping_sub(1));
     }
@@ -181,6 +187,7 @@ pub fn arm(plan: Plan) {
     set(&SEED, seed);
     set(&COUNT, 0);
     set(&FAILED, 0);
+    set(&FREES, 0);
     set(&NET_BYTES, 0);
     set(&NET_BLOCKS, 0);
     set(&ARMED, true);
@@ -192,6 +199,7 @@ pub fn report() -> Report {
     Report {
         allocs: get(&COUNT),
         failed: get(&FAILED),
+        frees: get(&FREES),
         net_bytes: get(&NET_BYTES),
         net_blocks: get(&NET_BLOCKS),
     }
@@ -219,4 +227,28 @@ pub fn with_plan<T>(plan: Plan, f: impl FnOnce() -> T) -> (T, Report) {
     let r = disarm();
     drop(guard);
     (out, r)
+}
+
+/// Runs `f` and panics (after `f` returns, never inside the allocator) if it allocated or freed
+/// anything on this thread: the run-stage check. Needs [`FailAlloc`] installed, which it asserts,
+/// so a test binary that forgot the `#[global_allocator]` line cannot pass vacuously. `f` should
+/// borrow what it uses: values it owns are dropped inside the region and count as frees.
+///
+/// # Panics
+///
+/// If `f` allocated or freed, or [`FailAlloc`] is not installed.
+#[track_caller]
+pub fn no_alloc<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    assert!(
+        installed(),
+        "{what}: FailAlloc is not this binary's global allocator"
+    );
+    let (out, r) = with_plan(Plan::Never, f);
+    assert!(
+        r.allocs == 0 && r.frees == 0,
+        "{what}: {} allocations and {} frees inside the guarded region",
+        r.allocs,
+        r.frees
+    );
+    out
 }

@@ -1,103 +1,16 @@
 //! The run stage of the extension requests allocates nothing and frees nothing: unmap of all
 //! mappings of an object, prefetch, attribute split, merged maps and repeat maps, through `step` (with the
 //! built-in and a recording visitor, a failing visitor), `apply_plan`, the refusals, links on
-//! and off. The counting allocator is `gpuva_noalloc`'s (one per test binary).
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::thread::LocalKey;
+//! and off. The counting allocator is `tests::failalloc`'s (installed per test binary).
 
 use gpuva::{Apply, BoxNode, GpuVm, Mapping, ObjId, Repeat, Request, SmVisitor, StepError};
+use tests::failalloc::{no_alloc, FailAlloc};
 use tests::harness::Rng;
 
 type Vm = GpuVm<u64, BoxNode<u64>>;
 
-/// Forwards to [`System`], counting calls made on this thread inside a guarded region.
-struct Counting;
-
-thread_local! {
-    static DEPTH: Cell<u32> = const { Cell::new(0) };
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-    static FREES: Cell<u64> = const { Cell::new(0) };
-}
-
-/// Bumps `counter` if a guard is active. `try_with`: never panic in the allocator, not even while
-/// thread-local storage is being torn down.
-fn note(counter: &'static LocalKey<Cell<u64>>) {
-    let active = DEPTH.try_with(|d| d.get() > 0).unwrap_or(false);
-    if active {
-        let _ = counter.try_with(|c| c.set(c.get() + 1));
-    }
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so `System`'s
-// guarantees (correct size and alignment, no unwinding) are this allocator's; the counting only
-// touches const-initialised thread-locals without destructors and cannot allocate or panic.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(&ALLOCS);
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract (non-zero size), passed on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(&ALLOCS);
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        note(&FREES);
-        // SAFETY: `ptr` came from this allocator, i.e. from `System`, with this `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(&ALLOCS);
-        // SAFETY: `ptr`/`layout` came from `System` (see `dealloc`); `new_size` is the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Allocations and frees seen in a region.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Counts {
-    allocs: u64,
-    frees: u64,
-}
-
-const NONE: Counts = Counts {
-    allocs: 0,
-    frees: 0,
-};
-
-/// Runs `f` with counting on. `f` should borrow what it uses: values it owns are dropped inside.
-fn counting<R>(f: impl FnOnce() -> R) -> (R, Counts) {
-    ALLOCS.set(0);
-    FREES.set(0);
-    DEPTH.set(DEPTH.get() + 1);
-    let r = f();
-    DEPTH.set(DEPTH.get() - 1);
-    let c = Counts {
-        allocs: ALLOCS.get(),
-        frees: FREES.get(),
-    };
-    (r, c)
-}
-
-/// Runs `f` and asserts it neither allocated nor freed.
-#[track_caller]
-fn no_alloc<R>(what: &str, f: impl FnOnce() -> R) -> R {
-    let (r, c) = counting(f);
-    assert_eq!(
-        c, NONE,
-        "{what}: allocated or freed inside the guarded region"
-    );
-    r
-}
+static GLOBAL: FailAlloc = FailAlloc;
 
 /// Counts steps, fails at `fail_at` (if set), drops nothing it owns inside the region.
 #[derive(Default)]

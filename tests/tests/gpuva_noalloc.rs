@@ -3,131 +3,35 @@
 //! neither allocate nor free; and with the spare cache, a steady-state bind's prepare allocates
 //! nothing either (`spare_cache_steady_state_allocates_nothing`).
 //!
-//! A counting `#[global_allocator]` (this test binary only) counts allocations and frees made on the
-//! current thread while a guard is active. It never panics inside the allocator: it only bumps
-//! thread-local counters (const-initialised, so touching them cannot allocate), and the guard
-//! asserts after the region ends. `guard_detects_allocations` proves the guard sees what it must.
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::thread::LocalKey;
+//! The counting allocator is `tests::failalloc`'s, installed for this test binary and never set to
+//! fail here; it counts allocations and frees made on the current thread while armed, and the
+//! guard (`no_alloc`) asserts after the region ends. `guard_detects_allocations` proves the guard
+//! sees what it must.
 
 use gpuva::{
     Apply, ApplyError, BoxNode, Claim, GpuVm, LinkPin, Mapping, Node, NodeBag, ObjId, OpMap,
     OpMapped, OpRemap, OpRemapped, OpUnmap, OpUnmapped, OpsError, RangeError, RefNode, Request,
     SmVisitor, StepError,
 };
+use tests::failalloc::{no_alloc, with_plan, FailAlloc, Plan, Report};
 use tests::harness::Rng;
 use tests::model::check_invariants;
 use tests::sink::{FixedOps, Full};
 
-/// Forwards to [`System`], counting calls made on this thread inside a guarded region.
-struct Counting;
-
-thread_local! {
-    static DEPTH: Cell<u32> = const { Cell::new(0) };
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-    static FREES: Cell<u64> = const { Cell::new(0) };
-}
-
-/// Bumps `counter` if a guard is active. `try_with`: never panic in the allocator, not even while
-/// thread-local storage is being torn down.
-fn note(counter: &'static LocalKey<Cell<u64>>) {
-    let active = DEPTH.try_with(|d| d.get() > 0).unwrap_or(false);
-    if active {
-        let _ = counter.try_with(|c| c.set(c.get() + 1));
-    }
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so `System`'s
-// guarantees (correct size and alignment, no unwinding) are this allocator's; the counting only
-// touches const-initialised thread-locals without destructors and cannot allocate or panic.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(&ALLOCS);
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract (non-zero size), passed on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(&ALLOCS);
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        note(&FREES);
-        // SAFETY: `ptr` came from this allocator, i.e. from `System`, with this `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(&ALLOCS);
-        // SAFETY: `ptr`/`layout` came from `System` (see `dealloc`); `new_size` is the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Allocations and frees seen in a region.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Counts {
-    allocs: u64,
-    frees: u64,
-}
-
-const NONE: Counts = Counts {
-    allocs: 0,
-    frees: 0,
-};
+static GLOBAL: FailAlloc = FailAlloc;
 
 /// Runs `f` with counting on. `f` should borrow what it uses: values it owns are dropped inside.
-fn counting<R>(f: impl FnOnce() -> R) -> (R, Counts) {
-    ALLOCS.set(0);
-    FREES.set(0);
-    DEPTH.set(DEPTH.get() + 1);
-    let r = f();
-    DEPTH.set(DEPTH.get() - 1);
-    let c = Counts {
-        allocs: ALLOCS.get(),
-        frees: FREES.get(),
-    };
-    (r, c)
-}
-
-/// Runs `f` and asserts it neither allocated nor freed.
-#[track_caller]
-fn no_alloc<R>(what: &str, f: impl FnOnce() -> R) -> R {
-    let (r, c) = counting(f);
-    assert_eq!(
-        c, NONE,
-        "{what}: allocated or freed inside the guarded region"
-    );
-    r
+fn counting<R>(f: impl FnOnce() -> R) -> (R, Report) {
+    with_plan(Plan::Never, f)
 }
 
 #[test]
 fn guard_detects_allocations() {
     let (b, c) = counting(|| Box::new(5u64));
-    assert_eq!(
-        c,
-        Counts {
-            allocs: 1,
-            frees: 0
-        },
-        "Box::new must be seen"
-    );
+    assert_eq!((c.allocs, c.frees), (1, 0), "Box::new must be seen");
     let ((), c) = counting(|| drop(b));
-    assert_eq!(
-        c,
-        Counts {
-            allocs: 0,
-            frees: 1
-        },
-        "a free must be seen"
-    );
+    assert_eq!((c.allocs, c.frees), (0, 1), "a free must be seen");
 
     let mut v: Vec<u64> = Vec::new();
     let ((), c) = counting(|| v.push(1));
@@ -146,7 +50,7 @@ fn guard_detects_allocations() {
             .try_push(gpuva::Op::Map(Mapping::new(0, 1, None, 0)))
             .is_ok());
     });
-    assert_eq!(c, NONE);
+    assert_eq!((c.allocs, c.frees), (0, 0));
 
     // Nested regions and a region's failure are reported.
     let r = std::panic::catch_unwind(|| no_alloc("deliberate", || Box::new(1u8)));

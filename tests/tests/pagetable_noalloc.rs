@@ -1,8 +1,8 @@
 //! The run stage of `pagetable` (map, unmap with block splits, protect, translate) never
-//! allocates: checked with a counting global allocator local to this test binary.
+//! allocates: checked with `tests::failalloc`'s counting allocator, installed for this test binary.
 //!
 //! The allocator never panics (unwinding out of an allocator is undefined behaviour): inside a
-//! guarded region it only records the violation; the guard reports after the region ends.
+//! guarded region it only counts; the guard reports after the region ends.
 #![allow(
     clippy::disallowed_methods,
     clippy::disallowed_macros,
@@ -10,61 +10,21 @@
     reason = "test code: infallible allocation and 64-bit-host casts are fine"
 )]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use tests::failalloc::{with_plan, FailAlloc, Plan};
 
 use pagetable::{
     map_bound, unmap_bound, Attrs, Chunk, Format, Granule, PageTable, PhysAddr, Reserve,
     TlbInvalidate, UpdateHooks, VecPool, VirtAddr,
 };
 
-struct Counting;
-
-thread_local! {
-    static DEPTH: Cell<u32> = const { Cell::new(0) };
-    static VIOLATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note() {
-    // `try_with`: during thread teardown the slots may be gone; never panic here.
-    let guarded = DEPTH.try_with(|d| d.get() > 0).unwrap_or(false);
-    if guarded {
-        let _ = VIOLATIONS.try_with(|v| v.set(v.get() + 1));
-    }
-}
-
-// SAFETY: delegates every call unchanged to `System`, which upholds the `GlobalAlloc` contract;
-// the bookkeeping touches only const-initialised thread-locals and never allocates or panics.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: same layout contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        note();
-        // SAFETY: `ptr` was allocated by `System` with `layout` (we delegate every alloc).
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
-        // SAFETY: forwarded unchanged from our caller, who upholds `realloc`'s contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: FailAlloc = FailAlloc;
 
-/// Runs `f` with allocation tracking on; returns how many allocator calls it made.
+/// Runs `f` with allocation tracking on; returns how many allocator calls (allocations and
+/// frees) it made.
 fn count_allocs<R>(f: impl FnOnce() -> R) -> (R, u64) {
-    let before = VIOLATIONS.with(Cell::get);
-    DEPTH.with(|d| d.set(d.get() + 1));
-    let r = f();
-    DEPTH.with(|d| d.set(d.get() - 1));
-    (r, VIOLATIONS.with(Cell::get) - before)
+    let (r, report) = with_plan(Plan::Never, f);
+    (r, report.allocs + report.frees)
 }
 
 /// Hooks that record into fixed storage.
