@@ -22,116 +22,50 @@ pub(crate) type VaTree<D, L, P> = Tree<D, L, P, VaKind>;
 pub(crate) type ObjTree<D, L, P> = Tree<D, L, P, ObjKind>;
 pub(crate) type LinkTree<D, L, P> = Tree<D, L, P, LinkKind>;
 
-impl<D, L, P> Kind<D, L, P> for VaKind {
-    type K = u64;
-    type V = VaVal<D>;
-    type T = Tag;
-    type Lf = VaLeaf<D>;
-    type Br = Br64<P>;
-    fn leaf(b: &Body<D, L, P>) -> Option<&Self::Lf> {
-        match b {
-            Body::VaLeaf(l) => Some(l),
-            _ => None,
+/// Implements [`Kind`] for one tree: its key, value and tag types, and which [`Body`] variants
+/// hold its leaves and branches (the projections are the same match for every tree).
+macro_rules! kind {
+    ($kind:ident: K = $k:ty, V = $v:ty, T = $t:ty, $leaf:ident $(<$lp:ident>)?, $branch:ident) => {
+        impl<D, L, P> Kind<D, L, P> for $kind {
+            type K = $k;
+            type V = $v;
+            type T = $t;
+            type Lf = $leaf $(<$lp>)?;
+            type Br = $branch<P>;
+            fn leaf(b: &Body<D, L, P>) -> Option<&Self::Lf> {
+                match b {
+                    Body::$leaf(l) => Some(l),
+                    _ => None,
+                }
+            }
+            fn leaf_mut(b: &mut Body<D, L, P>) -> Option<&mut Self::Lf> {
+                match b {
+                    Body::$leaf(l) => Some(l),
+                    _ => None,
+                }
+            }
+            fn branch(b: &Body<D, L, P>) -> Option<&Self::Br> {
+                match b {
+                    Body::$branch(x) => Some(x),
+                    _ => None,
+                }
+            }
+            fn branch_mut(b: &mut Body<D, L, P>) -> Option<&mut Self::Br> {
+                match b {
+                    Body::$branch(x) => Some(x),
+                    _ => None,
+                }
+            }
+            fn new_leaf() -> Body<D, L, P> {
+                Body::$leaf($leaf::new())
+            }
+            fn new_branch() -> Body<D, L, P> {
+                Body::$branch($branch::new())
+            }
         }
-    }
-    fn leaf_mut(b: &mut Body<D, L, P>) -> Option<&mut Self::Lf> {
-        match b {
-            Body::VaLeaf(l) => Some(l),
-            _ => None,
-        }
-    }
-    fn branch(b: &Body<D, L, P>) -> Option<&Self::Br> {
-        match b {
-            Body::Br64(x) => Some(x),
-            _ => None,
-        }
-    }
-    fn branch_mut(b: &mut Body<D, L, P>) -> Option<&mut Self::Br> {
-        match b {
-            Body::Br64(x) => Some(x),
-            _ => None,
-        }
-    }
-    fn new_leaf() -> Body<D, L, P> {
-        Body::VaLeaf(VaLeaf::new())
-    }
-    fn new_branch() -> Body<D, L, P> {
-        Body::Br64(Br64::new())
-    }
+    };
 }
 
-impl<D, L, P> Kind<D, L, P> for ObjKind {
-    type K = ObjKey;
-    type V = ();
-    type T = ();
-    type Lf = ObjLeaf;
-    type Br = Br128<P>;
-    fn leaf(b: &Body<D, L, P>) -> Option<&Self::Lf> {
-        match b {
-            Body::ObjLeaf(l) => Some(l),
-            _ => None,
-        }
-    }
-    fn leaf_mut(b: &mut Body<D, L, P>) -> Option<&mut Self::Lf> {
-        match b {
-            Body::ObjLeaf(l) => Some(l),
-            _ => None,
-        }
-    }
-    fn branch(b: &Body<D, L, P>) -> Option<&Self::Br> {
-        match b {
-            Body::Br128(x) => Some(x),
-            _ => None,
-        }
-    }
-    fn branch_mut(b: &mut Body<D, L, P>) -> Option<&mut Self::Br> {
-        match b {
-            Body::Br128(x) => Some(x),
-            _ => None,
-        }
-    }
-    fn new_leaf() -> Body<D, L, P> {
-        Body::ObjLeaf(ObjLeaf::new())
-    }
-    fn new_branch() -> Body<D, L, P> {
-        Body::Br128(Br128::new())
-    }
-}
-
-impl<D, L, P> Kind<D, L, P> for LinkKind {
-    type K = u64;
-    type V = LinkRec<L>;
-    type T = LinkState;
-    type Lf = LinkLeaf<L>;
-    type Br = Br64<P>;
-    fn leaf(b: &Body<D, L, P>) -> Option<&Self::Lf> {
-        match b {
-            Body::LinkLeaf(l) => Some(l),
-            _ => None,
-        }
-    }
-    fn leaf_mut(b: &mut Body<D, L, P>) -> Option<&mut Self::Lf> {
-        match b {
-            Body::LinkLeaf(l) => Some(l),
-            _ => None,
-        }
-    }
-    fn branch(b: &Body<D, L, P>) -> Option<&Self::Br> {
-        match b {
-            Body::Br64(x) => Some(x),
-            _ => None,
-        }
-    }
-    fn branch_mut(b: &mut Body<D, L, P>) -> Option<&mut Self::Br> {
-        match b {
-            Body::Br64(x) => Some(x),
-            _ => None,
-        }
-    }
-    fn new_leaf() -> Body<D, L, P> {
-        Body::LinkLeaf(LinkLeaf::new())
-    }
-    fn new_branch() -> Body<D, L, P> {
-        Body::Br64(Br64::new())
-    }
-}
+kind!(VaKind: K = u64, V = VaVal<D>, T = Tag, VaLeaf<D>, Br64);
+kind!(ObjKind: K = ObjKey, V = (), T = (), ObjLeaf, Br128);
+kind!(LinkKind: K = u64, V = LinkRec<L>, T = LinkState, LinkLeaf<L>, Br64);
