@@ -12,6 +12,7 @@ pub mod ops;
 pub mod phys;
 pub mod report;
 pub mod scenario;
+pub mod script;
 pub mod svg;
 pub mod timeline;
 pub mod trace;
