@@ -258,3 +258,15 @@ fn a_refused_bind_stops_the_run_at_its_line() {
     assert!(matches!(e.kind, RunErrorKind::World(_)), "{e}");
     assert_eq!(run.executed, 2, "the commands before it ran");
 }
+
+/// Regression: the MMU indexed its tables with the low 48 bits of any address, so an access at
+/// 2^48 above a mapped page translated to that page (a missing-fault hazard) instead of
+/// faulting as the hardware does. Scenario files can name such addresses.
+#[test]
+fn regress_an_access_above_the_va_range_faults() {
+    let text = "vm a fifo\ngpu-queue g\nbo b 4K scattered\nbind-sync a {\n  map 0x100000 4K b 0\n}\n\
+                gpu g a {\n  write 0x100000 5\n  read 0x1000000100000\n  read 0xff000000100000\n}\ndrain\n";
+    let r = replay_text(text, "above the VA range");
+    clean("above the VA range", &r);
+    assert_eq!((r.verified, r.expected_faults), (1, 2));
+}
