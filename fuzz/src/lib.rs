@@ -26,4 +26,7 @@ pub mod vmbind_fuzz;
 #[path = "../../tests/src/trace_fuzz.rs"]
 pub mod trace_fuzz;
 
+#[path = "../../tests/src/scenario_fuzz.rs"]
+pub mod scenario_fuzz;
+
 pub use fuzz_body::run;

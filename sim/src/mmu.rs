@@ -17,6 +17,10 @@ use crate::phys::{Owner, Phys};
 /// Output-address bits of a descriptor: `[47:12]`.
 const OA_MASK: u64 = 0x0000_FFFF_FFFF_F000;
 
+/// Bits of GPU virtual address the MMU translates (four levels of 4 KiB tables); an access above
+/// them faults.
+pub const VA_BITS: u32 = 48;
+
 /// One descriptor, as this MMU reads it (the layout of VMSAv8-64 stage 1 with a 4 KiB
 /// granule: type in bits 1:0, AttrIndx 4:2, AP\[2] bit 7, AF bit 10, PXN/UXN bits 53/54).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -398,6 +402,10 @@ impl Gpu {
     ) -> Result<Leaf, WalkFault> {
         self.activate(vm);
         self.tick += 1;
+        if va >> VA_BITS != 0 {
+            // Beyond the input range: the hardware faults (the table index would wrap).
+            return Err(WalkFault::Translation { level: 0 });
+        }
         let tick = self.tick;
         let phys = Rc::clone(&self.phys);
         let phys = phys.borrow();

@@ -10,17 +10,20 @@ use crate::mmu::MmuStats;
 use crate::phys::{PhysStats, PoolStats};
 use crate::scenario::{Params, Scenario, Story};
 use crate::usq::UserStats;
+use crate::world::World;
 use crate::world::{BindRow, Hazards};
 
 /// Everything the report says.
 #[derive(Debug, Serialize)]
 pub struct Report {
-    /// Seed.
-    pub seed: u64,
+    /// What ran: the built-in scenario or a scenario file.
+    pub source: String,
+    /// Seed (the built-in scenario's).
+    pub seed: Option<u64>,
     /// Simulated time, ms.
     pub simulated_ms: u64,
-    /// The director's story.
-    pub story: Story,
+    /// The built-in scenario director's story (a scenario file has none).
+    pub story: Option<Story>,
     /// Bind rows by kind.
     pub binds: Vec<(String, BindRow)>,
     /// GPU jobs run / failed.
@@ -58,6 +61,8 @@ pub struct Report {
     pub fence_bound_us: u64,
     /// Objects created / handles closed.
     pub bos: (u64, u64),
+    /// Evictions / revalidations / objects refused for want of memory.
+    pub evictions: (u64, u64, u64),
     /// User submission: user queues, native syncobjs, XGS queue.
     pub user: UserStats,
     /// Sync-bind latency per policy (simulated µs): (policy, count, waited, p50, p99, max).
@@ -128,10 +133,21 @@ fn pct(v: &mut [u64], p: f64) -> u64 {
 }
 
 impl Report {
-    /// Builds the report of a finished scenario.
+    /// Builds the report of a finished built-in scenario.
     #[must_use]
     pub fn new(s: &Scenario, p: &Params) -> Self {
-        let w = &s.world;
+        Self::of_world(
+            &s.world,
+            Some(s.story),
+            Some(p.seed),
+            format!("built-in scenario, seed {}", p.seed),
+        )
+    }
+
+    /// Builds the report of a finished world: the built-in scenario's (with its `story` and
+    /// `seed`) or a scenario file's (`source` names it).
+    #[must_use]
+    pub fn of_world(w: &World, story: Option<Story>, seed: Option<u64>, source: String) -> Self {
         let hazards = w.hazards();
         let mmu = w.gpu.borrow().stats;
         let ph: PhysStats = w.phys.borrow().stats;
@@ -159,9 +175,10 @@ impl Report {
             run.iter().max().copied().unwrap_or(0) as f64 / 1e3,
         ];
         Self {
-            seed: p.seed,
+            source,
+            seed,
             simulated_ms: w.now / 1000,
-            story: s.story,
+            story,
             binds: w
                 .stats
                 .binds
@@ -195,6 +212,7 @@ impl Report {
             max_fence_wait_us: w.stats.max_fence_wait,
             fence_bound_us: w.fence_bound,
             bos: w.stats.bos,
+            evictions: (w.stats.evictions.0, w.stats.evictions.1, w.stats.no_memory),
             user: w.stats.user,
             sync_latency,
             audit: w.audit_translations(),
@@ -211,6 +229,9 @@ impl Report {
     }
 
     /// The report without wall-clock figures, as JSON (equal for equal seeds).
+    ///
+    /// A scenario file dumped from the built-in scenario (`vmsim scenario --dump`) replays to
+    /// the same JSON apart from `source`, `seed` and `story`; see [`Report::world_json`].
     #[must_use]
     pub fn deterministic_json(&self) -> String {
         let mut v = serde_json::to_value(self).unwrap_or_default();
@@ -220,17 +241,27 @@ impl Report {
         v.to_string()
     }
 
-    /// The human-readable report.
+    /// [`Report::deterministic_json`] without what only the built-in scenario knows (`source`,
+    /// `seed`, `story`): what the world did, equal for a built-in run and the replay of its
+    /// dump.
     #[must_use]
-    pub fn text(&self) -> String {
-        let mut o = String::new();
-        let st = &self.story;
-        let binds_total: u64 = self.binds.iter().map(|(_, r)| r.jobs).sum();
-        let ops_total: u64 = self.binds.iter().map(|(_, r)| r.ops).sum();
+    pub fn world_json(&self) -> String {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            for k in ["timing", "source", "seed", "story"] {
+                o.remove(k);
+            }
+        }
+        v.to_string()
+    }
+
+    fn story_text(&self, o: &mut String, st: &Story) {
         let _ = writeln!(
             o,
             "vmsim: built-in scenario, seed {}, {} frames = {} ms simulated",
-            self.seed, st.frames, self.simulated_ms
+            self.seed.unwrap_or(0),
+            st.frames,
+            self.simulated_ms
         );
         let _ = writeln!(o);
         let _ = writeln!(
@@ -258,6 +289,25 @@ impl Report {
             st.user_frames, st.stream_holes, st.stream_buffers
         );
         let _ = writeln!(o);
+    }
+
+    /// The human-readable report.
+    #[must_use]
+    pub fn text(&self) -> String {
+        let mut o = String::new();
+        let binds_total: u64 = self.binds.iter().map(|(_, r)| r.jobs).sum();
+        let ops_total: u64 = self.binds.iter().map(|(_, r)| r.ops).sum();
+        match &self.story {
+            Some(st) => self.story_text(&mut o, st),
+            None => {
+                let _ = writeln!(
+                    o,
+                    "vmsim: {}, {} ms simulated",
+                    self.source, self.simulated_ms
+                );
+                let _ = writeln!(o);
+            }
+        }
         let mut t = Table::new();
         t.force_no_tty();
         t.set_header(vec![
@@ -450,7 +500,10 @@ impl Report {
             ),
             (
                 "evictions / revalidations / OOM skips",
-                format!("{} / {} / {}", st.evicted, st.revalidated, st.oom_skips),
+                format!(
+                    "{} / {} / {}",
+                    self.evictions.0, self.evictions.1, self.evictions.2
+                ),
             ),
             (
                 "final audit: pages, mismatches",

@@ -30,6 +30,8 @@ pub struct Params {
     pub tiles_per_frame: usize,
     /// GPU accesses per sampling job.
     pub samples: usize,
+    /// Record the run as a scenario file (`World::record`, `World::take_script`).
+    pub record: bool,
 }
 
 impl Default for Params {
@@ -42,6 +44,7 @@ impl Default for Params {
             slots: 3,
             tiles_per_frame: 24,
             samples: 96,
+            record: false,
         }
     }
 }
@@ -186,6 +189,9 @@ impl Scenario {
     /// A setup step failed.
     pub fn new(p: Params) -> Result<Self, WorldError> {
         let mut w = World::new(p.mem_mib, p.slots);
+        if p.record {
+            w.record();
+        }
         let game = w.add_vm("game", Policy::Fifo, true, 2)?;
         let comp = w.add_vm("compositor", Policy::Fifo, false, 1)?;
         for i in 0..p.churn_vms.max(1) {
@@ -293,9 +299,8 @@ impl Scenario {
             }
             progress(f + 1, self.p.frames);
         }
-        for (_, _, f) in self.host_late.drain(..) {
-            let mut f = f;
-            vmbind::JobFence::signal(&mut f, Ok(()));
+        for (_, _, f) in std::mem::take(&mut self.host_late) {
+            self.world.signal_host(&f, Ok(()));
         }
         self.world.drain(STEP_US, 1_000_000);
         self.story.frames = self.p.frames;
@@ -308,8 +313,8 @@ impl Scenario {
         let mut i = 0;
         while i < self.host_late.len() {
             if self.host_late[i].1 <= now {
-                let (_, _, mut fence) = self.host_late.swap_remove(i);
-                vmbind::JobFence::signal(&mut fence, Ok(()));
+                let (_, _, fence) = self.host_late.swap_remove(i);
+                self.world.signal_host(&fence, Ok(()));
             } else {
                 i += 1;
             }
@@ -863,8 +868,7 @@ impl Scenario {
                 self.tick();
                 guard += 1;
             }
-            self.world.close_bo(bo);
-            self.world.stats.evictions.0 += 1;
+            self.world.close_evicted(bo);
             self.buffers[i].evicted = true;
             self.story.evicted += 1;
             // Run the cleanups that drop the last references (freeing the pages).
@@ -908,7 +912,6 @@ impl Scenario {
         self.world.bind_sync(vm, &ops, BindKind::Revalidate)?;
         self.buffers[i].evicted = false;
         self.story.revalidated += 1;
-        self.world.stats.evictions.1 += 1;
         Ok(true)
     }
 }

@@ -225,7 +225,7 @@ fn va_view(o: &mut String, w: &World, y0: f64) -> f64 {
             o,
             r##"<g class="vm"><text x="10" y="{:.1}" class="l">{} (VM {vm})</text>"##,
             y + 16.0,
-            esc(v.name)
+            esc(&v.name)
         );
         let mut x = X0;
         let mut last_label = f64::MIN;
@@ -398,7 +398,7 @@ fn tables_view(o: &mut String, w: &World, y0: f64) -> f64 {
             o,
             r##"<g class="vm-tables"><text x="10" y="{:.1}" class="l">{} (VM {vm})</text>"##,
             y + 16.0,
-            esc(v.name)
+            esc(&v.name)
         );
         for l in start..4 {
             let tables = a.tables[l];
@@ -433,7 +433,7 @@ fn tables_view(o: &mut String, w: &World, y0: f64) -> f64 {
 }
 
 fn lane_name(w: &World, l: Lane) -> String {
-    let vm = |i: usize| w.vms.get(i).map_or("?", |v| v.name);
+    let vm = |i: usize| w.vms.get(i).map_or("?", |v| v.name.as_str());
     match l {
         Lane::Bind { vm: v, q } => format!("{} bind queue {q}", vm(v)),
         Lane::Sync { vm: v } => format!("{} sync binds", vm(v)),

@@ -106,7 +106,7 @@ pub struct NativeSync {
 }
 
 /// One command of a user queue's ring.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UserCmd {
     /// Block until the syncobj's value satisfies the condition.
     Wait {
@@ -255,6 +255,7 @@ impl World {
         wide: bool,
         views: Vec<(usize, u64)>,
     ) -> usize {
+        self.rec(|r| r.native(bo, off, wide, &views));
         self.user.natives.push(NativeSync {
             bo,
             off,
@@ -268,6 +269,7 @@ impl World {
 
     /// Adds a user queue on VM `vm` whose ring holds `cap` commands; returns its index.
     pub fn add_user_queue(&mut self, vm: usize, cap: usize) -> usize {
+        self.rec(|r| r.user_queue(vm, cap));
         self.user.queues.push(UserQueue {
             vm,
             ring: VecDeque::with_capacity(cap.max(1)),
@@ -287,6 +289,7 @@ impl World {
     ///
     /// The command, handed back, if the ring is full or the queue has faulted.
     pub fn uq_push(&mut self, q: usize, cmd: UserCmd) -> Result<(), UserCmd> {
+        self.rec(|r| r.push(q, &cmd));
         let u = &mut self.user.queues[q];
         if u.faulted || u.ring.len() >= u.cap {
             if !u.faulted {
@@ -302,6 +305,7 @@ impl World {
 
     /// Rings queue `q`'s doorbell: the firmware runs it from the next step.
     pub fn uq_kick(&mut self, q: usize) {
+        self.rec(|r| r.kick(q));
         self.user.queues[q].kicked = true;
         self.stats.user.kicks += 1;
     }
@@ -353,6 +357,7 @@ impl World {
     /// carries an error status.
     pub fn xgs_wait(&mut self, s: usize, cond: Cond) -> SwFence {
         let fence = SwFence::new();
+        self.rec(|r| r.xgs_wait(s, cond, &fence));
         let deadline = (!self.faults.xgs_no_timeout).then(|| self.now + self.xgs_timeout);
         self.track(
             &fence,
@@ -377,6 +382,7 @@ impl World {
     /// (with an error status if one of them failed) and signals the returned fence.
     pub fn xgs_signal(&mut self, waits: Vec<SwFence>, s: usize, op: SyncOp) -> SwFence {
         let fence = SwFence::new();
+        self.rec(|r| r.xgs_signal(&waits, s, op, &fence));
         let deps = waits.iter().cloned().map(Dep::Fence).collect();
         self.track(&fence, FenceKind::XgsSignal, deps);
         self.user.xgs.push(XgsOp {

@@ -346,8 +346,11 @@ pub struct Stats {
     pub max_fence_wait: u64,
     /// Objects created, released.
     pub bos: (u64, u64),
-    /// Evictions, revalidations.
+    /// Evictions (handles closed by the shrinker, [`World::close_evicted`]), revalidations
+    /// (objects swapped back in, [`World::swap_in`]).
     pub evictions: (u64, u64),
+    /// Objects refused for want of physical memory ([`WorldError::NoMemory`]).
+    pub no_memory: u64,
     /// Wall time spent in the simulation.
     pub wall_ns: u64,
     /// User submission: user queues, native syncobjs, the cross-group-sync queue.
@@ -378,7 +381,7 @@ pub struct VmSlot {
     /// The vmbind VM.
     pub vm: SimVm,
     /// Name for the report.
-    pub name: &'static str,
+    pub name: String,
     /// Sync-bind ordering policy.
     pub policy: Policy,
     queues: Vec<(BindQueue<BoRef>, VecDeque<Inflight>)>,
@@ -389,7 +392,7 @@ pub struct VmSlot {
 }
 
 /// A GPU access of a job.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Access {
     /// GPU VA.
     pub va: u64,
@@ -460,6 +463,11 @@ pub struct World {
     allocs_at_start: u64,
     /// The bounded record of jobs and fence signals the `--svg` timeline draws.
     pub timeline: crate::timeline::Timeline,
+    /// Memory (MiB) and address-space slots the machine was made with.
+    pub setup: (u64, usize),
+    /// While recording ([`World::record`]): every call the driver of the world makes, as a
+    /// scenario file's commands.
+    pub(crate) script: Option<crate::script::Recorder>,
 }
 
 /// Why a world operation was refused (a scenario error, not a hazard).
@@ -510,6 +518,37 @@ impl World {
             hz: Hazards::default(),
             allocs_at_start: crate::alloc_count::in_section(),
             timeline: crate::timeline::Timeline::default(),
+            setup: (mem_mib, slots),
+            script: None,
+        }
+    }
+
+    /// Starts recording every later call that drives the world (setup, binds, GPU jobs, user
+    /// queues, host signals, steps) as a scenario file ([`crate::script`]); the current
+    /// timeouts are its first commands.
+    pub fn record(&mut self) {
+        let mut r = crate::script::Recorder::new(self.setup);
+        r.timeouts(self);
+        self.script = Some(r);
+    }
+
+    /// Stops recording and returns the script recorded since [`World::record`].
+    ///
+    /// # Errors
+    ///
+    /// The recording could not name something it was given (a fence the world never handed
+    /// out); the message says what.
+    pub fn take_script(&mut self) -> Result<crate::script::Script, String> {
+        self.script
+            .take()
+            .ok_or_else(|| "the world was not recording".to_owned())?
+            .finish()
+    }
+
+    /// Runs `f` on the recorder, if recording.
+    pub(crate) fn rec(&mut self, f: impl FnOnce(&mut crate::script::Recorder)) {
+        if let Some(r) = &mut self.script {
+            f(r);
         }
     }
 
@@ -520,11 +559,13 @@ impl World {
     /// [`WorldError::Vm`] if vmbind refuses the geometry or the root cannot be allocated.
     pub fn add_vm(
         &mut self,
-        name: &'static str,
+        name: impl Into<String>,
         policy: Policy,
         lock_region: bool,
         queues: usize,
     ) -> Result<usize, WorldError> {
+        let name = name.into();
+        self.rec(|r| r.vm(&name, policy, lock_region, queues));
         let idx = self.vms.len();
         let id = u32::try_from(idx).unwrap_or(u32::MAX);
         let fmt = Format::panthor(48).map_err(|e| WorldError::Vm(e.to_string()))?;
@@ -552,6 +593,7 @@ impl World {
 
     /// Adds a GPU queue; returns its index.
     pub fn add_gpu_queue(&mut self) -> usize {
+        self.rec(crate::script::Recorder::gpu_queue);
         self.gpu_queues.push(VecDeque::new());
         self.gpu_queues.len() - 1
     }
@@ -599,7 +641,9 @@ impl World {
                 }
             }
         }
+        self.rec(|r| r.bo(id, size, how, ok));
         if !ok {
+            self.stats.no_memory += 1;
             return Err(WorldError::NoMemory(size));
         }
         self.next_bo += 1;
@@ -622,11 +666,15 @@ impl World {
     ///
     /// [`WorldError::NoMemory`].
     pub fn swap_in(&mut self, id: u32, size: u64, how: Contiguity) -> Result<u32, WorldError> {
+        self.rec(|r| r.swap_in(id, size, how));
+        let rec = self.script.take();
         let saved = self.next_bo;
         self.next_bo = id;
         let r = self.create_bo(size, how);
         self.next_bo = saved;
+        self.script = rec;
         r?;
+        self.stats.evictions.1 += 1;
         let bo = self
             .handles
             .get(&id)
@@ -645,6 +693,7 @@ impl World {
 
     /// Runs every VM's deferred cleanups (drops references, frees retired tables).
     pub fn cleanup_all(&mut self) {
+        self.rec(crate::script::Recorder::cleanup);
         for v in &mut self.vms {
             v.vm.cleanup_deferred();
         }
@@ -652,6 +701,19 @@ impl World {
 
     /// Closes a handle: the pages go once no VM maps the object any more.
     pub fn close_bo(&mut self, id: u32) {
+        self.rec(|r| r.close(id, false));
+        self.close(id);
+    }
+
+    /// Closes a handle as the shrinker does after unmapping the object: [`World::close_bo`],
+    /// counted as an eviction.
+    pub fn close_evicted(&mut self, id: u32) {
+        self.rec(|r| r.close(id, true));
+        self.close(id);
+        self.stats.evictions.0 += 1;
+    }
+
+    fn close(&mut self, id: u32) {
         if let Some(b) = self.handles.remove(&id) {
             if self.faults.release_early {
                 b.0.release();
@@ -688,11 +750,18 @@ impl World {
     /// bound by the forward-progress rule.
     pub fn host_fence(&mut self, handle: u32, point: u64) -> SwFence {
         let f = SwFence::new();
+        self.rec(|r| r.host_fence(handle, point, &f));
         self.syncobjs
             .entry(handle)
             .or_default()
             .insert(point, f.clone());
         f
+    }
+
+    /// The host (userspace) signals `fence`, made by [`World::host_fence`], with `result`.
+    pub fn signal_host(&mut self, fence: &SwFence, result: Result<(), JobError>) {
+        self.rec(|r| r.signal(fence, result));
+        fence.clone().signal(result);
     }
 
     /// The fence at `handle`/`point`.
@@ -751,11 +820,13 @@ impl World {
         out: Option<(u32, u64)>,
         kind: BindKind,
     ) -> Result<SwFence, WorldError> {
+        let fence = SwFence::new();
+        self.rec(|r| r.bind_async(vm, q, ops, &waits, out, kind, &fence));
         let mut job = match self.prepare(vm, ops, Mode::Async) {
             Ok(j) => j,
             // A driver fails such binds at once; the scenario goes on with the other VMs.
             Err(WorldError::Unusable) => {
-                let mut f = SwFence::new();
+                let mut f = fence;
                 f.signal(Err(JobError::Fault));
                 if let Some((h, p)) = out {
                     self.syncobjs.entry(h).or_default().insert(p, f.clone());
@@ -764,7 +835,6 @@ impl World {
             }
             Err(e) => return Err(e),
         };
-        let fence = SwFence::new();
         job.arm(fence.clone());
         let now = self.now;
         let mut deps: Vec<crate::usq::Dep> =
@@ -805,6 +875,7 @@ impl World {
         ops: &[BindOp],
         kind: BindKind,
     ) -> Result<(), WorldError> {
+        self.rec(|r| r.bind_sync(vm, ops, kind));
         let mut job = match self.prepare(vm, ops, Mode::Sync) {
             Ok(j) => j,
             Err(WorldError::Unusable) => return Ok(()),
@@ -837,6 +908,7 @@ impl World {
         accesses: Vec<Access>,
     ) -> SwFence {
         let fence = SwFence::new();
+        self.rec(|r| r.gpu(q, vm, &waits, &accesses, &fence));
         let mut deps: Vec<crate::usq::Dep> =
             waits.iter().cloned().map(crate::usq::Dep::Fence).collect();
         if let Some(prev) = self.gpu_queues[q].back() {
@@ -1191,6 +1263,7 @@ impl World {
     /// Advances simulated time by `dt` µs: bind workers, pending sync binds, GPU queues, fence
     /// checks.
     pub fn step(&mut self, dt: u64) {
+        self.rec(|r| r.step(dt));
         let t0 = Instant::now();
         self.now += dt;
         self.poll_binds();
@@ -1212,13 +1285,22 @@ impl World {
     /// Runs steps until every queue is idle (or `limit` µs pass), then one last fence check
     /// past the bound.
     pub fn drain(&mut self, dt: u64, limit: u64) {
+        self.rec(|r| r.drain(dt, limit));
+        let rec = self.script.take();
         let end = self.now + limit;
         while self.now < end && !self.idle() {
             self.step(dt);
         }
+        self.script = rec;
         let bound = self.fence_bound;
         self.now += bound + 1;
         self.check_fences();
+    }
+
+    /// Bind queues of VM `vm` (0 if there is no such VM).
+    #[must_use]
+    pub fn bind_queues(&self, vm: usize) -> usize {
+        self.vms.get(vm).map_or(0, |v| v.queues.len())
     }
 
     /// Whether nothing is queued anywhere.

@@ -21,6 +21,7 @@ pub mod fuzz_body;
 pub mod harness;
 pub mod model;
 pub mod pagetable_fuzz;
+pub mod scenario_fuzz;
 pub mod sink;
 pub mod trace_fuzz;
 pub mod vmbind_fuzz;

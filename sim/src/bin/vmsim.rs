@@ -20,9 +20,18 @@ struct Cli {
     run: RunArgs,
 }
 
-/// Knobs of the built-in scenario.
+/// The built-in scenario: its knobs and the report's form.
 #[derive(Args, Debug, Clone)]
 struct RunArgs {
+    #[command(flatten)]
+    knobs: Knobs,
+    #[command(flatten)]
+    out: Output,
+}
+
+/// Knobs of the built-in scenario.
+#[derive(Args, Debug, Clone)]
+struct Knobs {
     /// Seed of every random choice (same seed, same report apart from wall-clock figures).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -38,6 +47,11 @@ struct RunArgs {
     /// GPU address-space slots (fewer than VMs forces LRU eviction).
     #[arg(long, default_value_t = 3)]
     slots: usize,
+}
+
+/// How the report is given.
+#[derive(Args, Debug, Clone)]
+struct Output {
     /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -54,6 +68,26 @@ struct RunArgs {
 enum Command {
     /// Run the built-in scenario (the default) and print its report.
     Run(RunArgs),
+    /// The built-in scenario as a scenario file: `--dump` writes the exact sequence of
+    /// commands it executes (docs/scenario-format.md), which `vmsim replay` runs to the same
+    /// report.
+    Scenario {
+        #[command(flatten)]
+        knobs: Knobs,
+        /// Write the scenario file (to FILE, or standard output without it).
+        #[arg(long, required = true)]
+        dump: bool,
+        /// Where the file goes; `-` or nothing is standard output.
+        file: Option<PathBuf>,
+    },
+    /// Run a scenario file (docs/scenario-format.md) and print the report of the built-in
+    /// scenario for it (exit code 1 if any hazard was found).
+    Replay {
+        /// Scenario file; `-` reads standard input.
+        file: PathBuf,
+        #[command(flatten)]
+        out: Output,
+    },
     /// Replay a VA trace (format v1) and print the split/merge ops and the final state.
     Ops {
         /// Trace file; `-` or nothing reads standard input.
@@ -87,24 +121,75 @@ fn read_input(file: Option<&PathBuf>) -> Result<String, String> {
     }
 }
 
-fn scenario(a: &RunArgs) -> Result<bool, String> {
-    let p = sim::scenario::Params {
-        seed: a.seed,
-        frames: a.frames,
-        churn_vms: a.churn_vms,
-        mem_mib: a.mem_mib,
-        slots: a.slots,
+fn params(k: &Knobs) -> sim::scenario::Params {
+    sim::scenario::Params {
+        seed: k.seed,
+        frames: k.frames,
+        churn_vms: k.churn_vms,
+        mem_mib: k.mem_mib,
+        slots: k.slots,
         ..sim::scenario::Params::default()
-    };
+    }
+}
+
+fn scenario(a: &RunArgs) -> Result<bool, String> {
+    let p = params(&a.knobs);
     let mut s = sim::scenario::Scenario::new(p.clone()).map_err(|e| e.to_string())?;
-    s.world.timeline.window_us = a.svg_window_ms.saturating_mul(1000);
-    let mut bar = Progress::new(!a.json);
+    s.world.timeline.window_us = a.out.svg_window_ms.saturating_mul(1000);
+    let mut bar = Progress::new(!a.out.json);
     s.run(|done, total| bar.tick(done, total))
         .map_err(|e| e.to_string())?;
     bar.finish();
     let r = sim::report::Report::new(&s, &p);
+    report(&r, &s.world, &a.out)
+}
+
+/// `vmsim scenario --dump`: runs the built-in scenario recording it, writes the file.
+fn dump(k: &Knobs, file: Option<&PathBuf>) -> Result<bool, String> {
+    let p = sim::scenario::Params {
+        record: true,
+        ..params(k)
+    };
+    let mut s = sim::scenario::Scenario::new(p.clone()).map_err(|e| e.to_string())?;
+    s.run(|_, _| {}).map_err(|e| e.to_string())?;
+    let script = s.world.take_script()?;
+    let header = format!(
+        "vmsim scenario --dump: the built-in scenario (seed {}, {} frames, {} churn VMs, {} MiB, {} slots)\n\
+         as the exact sequence of commands it executed; `vmsim replay` runs it to the same report.",
+        p.seed, p.frames, p.churn_vms, p.mem_mib, p.slots
+    );
+    let text = sim::script::render(&script, &header);
+    match file {
+        Some(path) if path.as_os_str() != "-" => write_file(path, &text)?,
+        _ => write_out(&text)?,
+    }
+    Ok(true)
+}
+
+/// `vmsim replay FILE`.
+fn replay(file: &PathBuf, o: &Output) -> Result<bool, String> {
+    let name = if file.as_os_str() == "-" {
+        "<stdin>".to_owned()
+    } else {
+        file.display().to_string()
+    };
+    let text = read_input(Some(file))?;
+    let script = sim::script::parse(&text).map_err(|e| format!("{name}: {e}"))?;
+    let mut run = sim::script::Runner::new(&script);
+    run.world.timeline.window_us = o.svg_window_ms.saturating_mul(1000);
+    run.run(&script).map_err(|e| format!("{name}: {e}"))?;
+    let r = sim::report::Report::of_world(
+        &run.world,
+        None,
+        None,
+        format!("scenario file {name}, {} commands", script.cmds.len()),
+    );
+    report(&r, &run.world, o)
+}
+
+fn report(r: &sim::report::Report, w: &sim::world::World, a: &Output) -> Result<bool, String> {
     if let Some(path) = &a.svg {
-        write_file(path, &sim::svg::render(&s.world))?;
+        write_file(path, &sim::svg::render(w))?;
     }
     let out = if a.json {
         serde_json::to_string_pretty(&r).map_err(|e| e.to_string())? + "\n"
@@ -182,6 +267,8 @@ fn run(cli: Cli) -> Result<bool, String> {
     match cli.command {
         None => scenario(&cli.run),
         Some(Command::Run(a)) => scenario(&a),
+        Some(Command::Scenario { knobs, file, .. }) => dump(&knobs, file.as_ref()),
+        Some(Command::Replay { file, out }) => replay(&file, &out),
         Some(Command::Ops {
             file,
             bench,
