@@ -51,6 +51,8 @@ pub struct Report {
     pub job_frames: (u64, u64, u64),
     /// Binds refused because their VM became unusable after a failed run stage.
     pub refused_unusable: u64,
+    /// Binds refused for want of memory or over the VM's in-flight frame cap.
+    pub refused_no_room: u64,
     /// Fences created / ok / error.
     pub fences: (u64, u64, u64),
     /// Bind timeouts.
@@ -207,6 +209,7 @@ impl Report {
             sync_frames: w.stats.sync_frames,
             job_frames: w.stats.job_frames,
             refused_unusable: w.stats.refused_unusable,
+            refused_no_room: w.stats.refused_no_room,
             fences: w.stats.fences,
             timeouts: w.stats.timeouts,
             max_fence_wait_us: w.stats.max_fence_wait,
@@ -476,6 +479,10 @@ impl Report {
             (
                 "binds refused: VM unusable after a failed run",
                 self.refused_unusable.to_string(),
+            ),
+            (
+                "binds refused: out of memory / frame cap",
+                self.refused_no_room.to_string(),
             ),
             (
                 "table frames allocated / retired / returned unused",

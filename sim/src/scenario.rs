@@ -98,6 +98,19 @@ struct Buffer {
     holes: BTreeSet<u64>,
     evicted: bool,
     last_use: u32,
+    /// Fences of the binds on this buffer that may not have run yet. The shrinker leaves a
+    /// buffer with any of them pending alone, as a driver waits for an object's pending binds
+    /// before evicting it: a queued map still holds the old pages, and running it after the
+    /// eviction would map them again behind the shrinker's back.
+    pending: Vec<SwFence>,
+}
+
+impl Buffer {
+    /// Whether every bind on the buffer has run (or failed); forgets the ones that have.
+    fn settled(&mut self) -> bool {
+        self.pending.retain(|f| f.status().is_none());
+        self.pending.is_empty()
+    }
 }
 
 /// What the director did (beyond the world's counters), for the report.
@@ -684,12 +697,12 @@ impl Scenario {
         let unaligned = self.rng.pct(20);
         let va = self.alloc_va(vm, size, unaligned);
         let ops = [World::map_op(va, size, bo, 0, false)];
-        if sync {
-            self.world.bind_sync(vm, &ops, BindKind::Churn)?;
+        let bound = if sync {
+            self.world.bind_sync(vm, &ops, BindKind::Churn)?
         } else {
             self.world
-                .bind_async(vm, 0, &ops, vec![], None, BindKind::Churn)?;
-        }
+                .bind_async(vm, 0, &ops, vec![], None, BindKind::Churn)?
+        };
         self.story.buffers.0 += 1;
         self.buffers.push(Buffer {
             vm,
@@ -700,6 +713,7 @@ impl Scenario {
             holes: BTreeSet::new(),
             evicted: false,
             last_use: f,
+            pending: vec![bound],
         });
         Ok(Some(self.buffers.len() - 1))
     }
@@ -737,11 +751,12 @@ impl Scenario {
                 let off = (self.rng.below(b.size / TILE)) * TILE;
                 if b.holes.insert(off) {
                     let (vm, va) = (b.vm, b.va + off);
-                    self.world.bind_sync(
+                    let unbound = self.world.bind_sync(
                         vm,
                         &[BindOp::Unmap { va, len: TILE }],
                         BindKind::Churn,
                     )?;
+                    self.buffers[i].pending.push(unbound);
                     self.story.holes += 1;
                 }
             }
@@ -780,7 +795,7 @@ impl Scenario {
                 continue;
             };
             let va = self.alloc_va(vm, 1 << 20, false);
-            self.world.bind_async(
+            let bound = self.world.bind_async(
                 vm,
                 1,
                 &[World::map_op(va, 1 << 20, bo, 0, false)],
@@ -798,13 +813,14 @@ impl Scenario {
                 holes: BTreeSet::new(),
                 evicted: false,
                 last_use: f,
+                pending: vec![bound],
             });
             // A synchronous bind right behind it.
             let Some(bo2) = self.try_bo(2 << 20, Contiguity::Huge)? else {
                 continue;
             };
             let va2 = self.alloc_va(vm, 2 << 20, false);
-            self.world.bind_sync(
+            let bound = self.world.bind_sync(
                 vm,
                 &[World::map_op(va2, 2 << 20, bo2, 0, false)],
                 BindKind::Churn,
@@ -818,6 +834,7 @@ impl Scenario {
                 holes: BTreeSet::new(),
                 evicted: false,
                 last_use: f,
+                pending: vec![bound],
             });
         }
         Ok(())
@@ -846,9 +863,12 @@ impl Scenario {
             if free >= want {
                 return;
             }
-            let Some(i) = (0..self.buffers.len())
-                .filter(|&i| !self.buffers[i].evicted)
-                .min_by_key(|&i| self.buffers[i].last_use)
+            let Some((i, _)) = self
+                .buffers
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, b)| (!b.evicted && b.settled()).then_some((i, b.last_use)))
+                .min_by_key(|&(_, last_use)| last_use)
             else {
                 return;
             };
@@ -859,8 +879,11 @@ impl Scenario {
                 .into_iter()
                 .map(|(va, len)| BindOp::Unmap { va, len })
                 .collect();
-            if !ops.is_empty() && self.world.bind_sync(vm, &ops, BindKind::Evict).is_err() {
-                return;
+            if !ops.is_empty() {
+                match self.world.bind_sync(vm, &ops, BindKind::Evict) {
+                    Ok(unbound) => self.buffers[i].pending.push(unbound),
+                    Err(_) => return,
+                }
             }
             // Let the sync unmap run (it may wait behind queued binds under Fifo).
             let mut guard = 0;
@@ -884,7 +907,8 @@ impl Scenario {
             self.shrink(size + (24 << 20));
         }
         let old = self.buffers[i].bo;
-        if !self.world.mappings_of(self.buffers[i].vm, old).is_empty() {
+        if !self.buffers[i].settled() || !self.world.mappings_of(self.buffers[i].vm, old).is_empty()
+        {
             // The eviction's unmap has not run yet (the shrinker stopped waiting for it).
             return Ok(false);
         }
@@ -909,7 +933,8 @@ impl Scenario {
             off = end;
         }
         let vm = b.vm;
-        self.world.bind_sync(vm, &ops, BindKind::Revalidate)?;
+        let bound = self.world.bind_sync(vm, &ops, BindKind::Revalidate)?;
+        self.buffers[i].pending.push(bound);
         self.buffers[i].evicted = false;
         self.story.revalidated += 1;
         Ok(true)

@@ -85,6 +85,13 @@ impl BoRef {
     }
 }
 
+/// A fence signalled at once with `result`.
+fn signalled(result: Result<(), JobError>) -> SwFence {
+    let mut f = SwFence::new();
+    f.signal(result);
+    f
+}
+
 fn oid(o: ObjId) -> u32 {
     u32::try_from(o.get()).unwrap_or(u32::MAX)
 }
@@ -328,6 +335,8 @@ pub struct Stats {
     pub job_frames: (u64, u64, u64),
     /// Binds refused because their VM became unusable (after a failed run stage).
     pub refused_unusable: u64,
+    /// Binds refused for want of memory (or over the in-flight frame cap).
+    pub refused_no_room: u64,
     /// Sync binds: frames reserved / left unused, summed.
     pub sync_frames: (u64, u64),
     /// GPU jobs run, failed.
@@ -488,6 +497,10 @@ pub enum WorldError {
     /// The VM refused a map: a run stage failed on it before (the hazard was counted).
     #[error("the VM is unusable after a failed run stage")]
     Unusable,
+    /// Prepare ran out of memory, or hit the VM's cap on frames in flight (`-ENOMEM` or
+    /// `-EAGAIN` for the ioctl): userspace sees the bind fail and goes on.
+    #[error("prepare: out of memory or over the in-flight frame cap")]
+    NoRoom,
 }
 
 impl World {
@@ -798,6 +811,10 @@ impl World {
                 self.stats.refused_unusable += 1;
                 Err(WorldError::Unusable)
             }
+            Err(vmbind::PrepareError::NoMemory | vmbind::PrepareError::Again) => {
+                self.stats.refused_no_room += 1;
+                Err(WorldError::NoRoom)
+            }
             Err(e) => {
                 self.stats.prepare_errors += 1;
                 Err(WorldError::Prepare(e.to_string()))
@@ -824,10 +841,16 @@ impl World {
         self.rec(|r| r.bind_async(vm, q, ops, &waits, out, kind, &fence));
         let mut job = match self.prepare(vm, ops, Mode::Async) {
             Ok(j) => j,
-            // A driver fails such binds at once; the scenario goes on with the other VMs.
-            Err(WorldError::Unusable) => {
+            // A driver fails such binds at once; the scenario goes on. The ioctl's error
+            // return stands as a fence already signalled with an error, for the callers that
+            // wait on the bind.
+            Err(e @ (WorldError::Unusable | WorldError::NoRoom)) => {
                 let mut f = fence;
-                f.signal(Err(JobError::Fault));
+                f.signal(Err(if matches!(e, WorldError::Unusable) {
+                    JobError::Fault
+                } else {
+                    JobError::Canceled
+                }));
                 if let Some((h, p)) = out {
                     self.syncobjs.entry(h).or_default().insert(p, f.clone());
                 }
@@ -864,21 +887,23 @@ impl World {
     }
 
     /// Submits a synchronous bind on `vm`: it runs as soon as the VM's policy lets it (at once,
-    /// or in a later [`World::step`]).
+    /// or in a later [`World::step`]); returns its fence (signalled when it has run; already
+    /// signalled with an error if prepare refused it for want of room or an unusable VM).
     ///
     /// # Errors
     ///
-    /// Prepare's refusal.
+    /// Prepare's other refusals.
     pub fn bind_sync(
         &mut self,
         vm: usize,
         ops: &[BindOp],
         kind: BindKind,
-    ) -> Result<(), WorldError> {
+    ) -> Result<SwFence, WorldError> {
         self.rec(|r| r.bind_sync(vm, ops, kind));
         let mut job = match self.prepare(vm, ops, Mode::Sync) {
             Ok(j) => j,
-            Err(WorldError::Unusable) => return Ok(()),
+            Err(WorldError::Unusable) => return Ok(signalled(Err(JobError::Fault))),
+            Err(WorldError::NoRoom) => return Ok(signalled(Err(JobError::Canceled))),
             Err(e) => return Err(e),
         };
         let fence = SwFence::new();
@@ -896,7 +921,7 @@ impl World {
             waited: false,
         });
         self.run_sync(vm);
-        Ok(())
+        Ok(fence)
     }
 
     /// Submits a GPU job on GPU queue `q` against `vm`; returns its fence.
