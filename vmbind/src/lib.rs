@@ -220,6 +220,8 @@ extern crate alloc;
 
 use core::fmt;
 
+#[cfg(feature = "alloc")]
+mod grow;
 mod job;
 mod obj;
 #[cfg(feature = "alloc")]

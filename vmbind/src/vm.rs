@@ -12,6 +12,7 @@ use pagetable::{
     Reserve, TlbInvalidate, UpdateContext, UpdateHooks, VirtAddr, WindowRun,
 };
 
+use crate::grow::Grown;
 use crate::job::{BindJob, BindOp, MapFlags, Mode, OpError};
 use crate::obj::{ObjRef, ObjectRegistry};
 use crate::sync::JobFence;
@@ -176,6 +177,32 @@ impl<R> Default for JobVecs<R> {
             backing: Vec::new(),
             refs: Vec::new(),
             pins: Vec::new(),
+        }
+    }
+}
+
+/// What one prepare grew of the vectors the VM keeps, undone if it refuses the job (see
+/// [`Grown`]): a refusal leaves every kept vector as it was, its buffer included.
+struct Growth<R, F> {
+    refs: Grown<(ObjId, Option<R>)>,
+    steps: Grown<Step>,
+    backing: Grown<Chunk>,
+    pins: Grown<LinkPin>,
+    scratch: Grown<WindowRun>,
+    done: Grown<DoneJob<R, F>>,
+    slots: Grown<Slot<R>>,
+}
+
+impl<R, F> Default for Growth<R, F> {
+    fn default() -> Self {
+        Self {
+            refs: Grown::default(),
+            steps: Grown::default(),
+            backing: Grown::default(),
+            pins: Grown::default(),
+            scratch: Grown::default(),
+            done: Grown::default(),
+            slots: Grown::default(),
         }
     }
 }
@@ -500,8 +527,15 @@ impl<M: pagetable::TableMemory + ?Sized, H: UpdateHooks> SmVisitor<()> for Write
     }
 }
 
-/// Copies `[offset, offset + len)` of `chunks` into `out`; returns the length copied.
-fn slice_backing(chunks: &[Chunk], offset: u64, len: u64, out: &mut Vec<Chunk>) -> Result<u64, ()> {
+/// Copies `[offset, offset + len)` of `chunks` into `out` (grown through `grow`); returns the
+/// length copied.
+fn slice_backing(
+    chunks: &[Chunk],
+    offset: u64,
+    len: u64,
+    out: &mut Vec<Chunk>,
+    grow: &mut Grown<Chunk>,
+) -> Result<u64, ()> {
     let (mut skip, mut left) = (offset, len);
     for c in chunks {
         if left == 0 {
@@ -512,7 +546,7 @@ fn slice_backing(chunks: &[Chunk], offset: u64, len: u64, out: &mut Vec<Chunk>) 
             continue;
         }
         let take = (c.len - skip).min(left);
-        out.try_reserve(1).map_err(|_| ())?;
+        grow.try_reserve(out, 1).map_err(|_| ())?;
         #[expect(clippy::disallowed_methods, reason = "capacity reserved just above")]
         out.push(Chunk::new(
             pagetable::PhysAddr::new(c.pa.as_u64() + skip),
@@ -677,24 +711,35 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
         job: &BindJob<'_>,
     ) -> Result<PreparedJob<R, F>, PrepareError<G::Error>> {
         self.cleanup_deferred();
-        // The kept vectors are lent to this prepare; a failed one gives them back (emptied:
-        // same capacity, so a refusal frees and allocates nothing for them).
+        // The kept vectors are lent to this prepare (a successful one hands them to its job).
+        // Whatever it grows of them or of the VM's own vectors it grows into new buffers, so a
+        // refusal gives every vector its old buffer back and frees the new ones: the VM keeps
+        // exactly the memory it kept before.
         let mut v = core::mem::take(&mut self.vecs);
-        let r = self.prepare_in(registry, job, &mut v);
-        v.refs.clear();
-        v.steps.clear();
-        v.backing.clear();
-        v.pins.clear();
+        let mut g = Growth::default();
+        let lens = (self.scratch.len(), self.done.len(), self.slots.len());
+        let r = self.prepare_in(registry, job, &mut v, &mut g);
+        if r.is_err() {
+            g.refs.undo(&mut v.refs, 0);
+            g.steps.undo(&mut v.steps, 0);
+            g.backing.undo(&mut v.backing, 0);
+            g.pins.undo(&mut v.pins, 0);
+            g.scratch.undo(&mut self.scratch, lens.0);
+            g.done.undo(&mut self.done, lens.1);
+            g.slots.undo(&mut self.slots, lens.2);
+        }
         self.vecs = v;
         r
     }
 
-    /// [`Vm::prepare`] with the vectors `v` (the job takes them on success).
+    /// [`Vm::prepare`] with the vectors `v` (the job takes them on success), growing vectors
+    /// through `g` only.
     fn prepare_in<G: ObjectRegistry<Ref = R>>(
         &mut self,
         registry: &mut G,
         job: &BindJob<'_>,
         v: &mut JobVecs<R>,
+        g: &mut Growth<R, F>,
     ) -> Result<PreparedJob<R, F>, PrepareError<G::Error>> {
         let fmt = self.config.format;
         let page = fmt.page_size();
@@ -709,7 +754,7 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
             .filter(|op| matches!(op, BindOp::Map { .. }))
             .count();
         let refs = &mut v.refs;
-        refs.try_reserve_exact(maps).map_err(nomem)?;
+        g.refs.try_reserve(refs, maps).map_err(nomem)?;
         for op in job.ops {
             if let BindOp::Map { obj, .. } = *op {
                 #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
@@ -719,7 +764,7 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
         refs.sort_unstable_by_key(|(obj, _)| *obj);
         refs.dedup_by_key(|(obj, _)| *obj);
         let steps = &mut v.steps;
-        steps.try_reserve_exact(job.ops.len()).map_err(nomem)?;
+        g.steps.try_reserve(steps, job.ops.len()).map_err(nomem)?;
         let backing = &mut v.backing;
         let mut need_nodes = 0usize;
         let mut span: Option<Range<u64>> = None;
@@ -763,7 +808,7 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
                         return Err(bad(OpError::ObjectBounds { size }));
                     }
                     let start = backing.len();
-                    let got = slice_backing(o.backing(), offset, len, backing)
+                    let got = slice_backing(o.backing(), offset, len, backing, &mut g.backing)
                         .map_err(|()| PrepareError::NoMemory)?;
                     if got != len {
                         // The object's backing is shorter than its declared size.
@@ -821,10 +866,11 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
             match job_bound(&fmt, &table_ops, &mut self.scratch) {
                 Ok(c) => break c.total().saturating_sub(self.shortfall),
                 Err(BoundError::ScratchFull) => {
-                    // Grown fallibly and kept for later jobs (not observable state).
-                    let want = self.scratch.len().max(4).saturating_mul(4);
-                    self.scratch
-                        .try_reserve_exact(want - self.scratch.len())
+                    // Grown fallibly and kept for later jobs (a refusal undoes it).
+                    let len = self.scratch.len();
+                    let want = len.max(4).saturating_mul(4);
+                    g.scratch
+                        .try_reserve(&mut self.scratch, want - len)
                         .map_err(nomem)?;
                     #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
                     self.scratch.resize(want, WindowRun::default());
@@ -848,13 +894,15 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
             return Err(PrepareError::Again);
         }
         // A slot in the deferred-cleanup list, so that `defer` never allocates.
-        self.done.try_reserve(self.outstanding + 1).map_err(nomem)?;
+        g.done
+            .try_reserve(&mut self.done, self.outstanding + 1)
+            .map_err(nomem)?;
         // A slot for the job's state (a free one, or room for one more).
         if !self.slots.iter().any(|s| s.state.is_none()) {
-            self.slots.try_reserve(1).map_err(nomem)?;
+            g.slots.try_reserve(&mut self.slots, 1).map_err(nomem)?;
         }
         let pins = &mut v.pins;
-        pins.try_reserve_exact(refs.len()).map_err(nomem)?;
+        g.pins.try_reserve(pins, refs.len()).map_err(nomem)?;
 
         // 3. Reserve: frames, then nodes, then links; each failure undoes the ones before.
         let mut reserve = Reserve::new();
