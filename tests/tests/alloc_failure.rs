@@ -348,7 +348,9 @@ fn vmbind_prepare_failures_are_clean() {
         }
     }
     let mut points = 0;
-    for s in 0..4u64 {
+    // 16 jobs: prepare reuses the VM's kept vectors, so each job has only a few allocation
+    // points after its warm-up.
+    for s in 0..16u64 {
         let ops = vf::random_job(s * 7919 + 3, (s % 3) as usize);
         // Warm-up: prepare and abort once.
         let job = vm.prepare(&mut reg, &BindJob::new(&ops)).expect("prepare");
@@ -398,4 +400,75 @@ fn vmbind_prepare_failures_are_clean() {
     }
     assert!(points > 20, "only {points} failure points");
     vm.va_space().check_invariants().expect("invariants");
+}
+
+/// Regression (found by the `vmbind_jobs` fuzz target, artifact `crash-leak-retry`): a prepare
+/// grew vectors the VM keeps between jobs (the per-job vectors it lends each job, the job-bound
+/// scratch, the deferred-cleanup list, the slot table) and, when a later allocation failed,
+/// kept them grown: each refusal under "every allocation from the k-th fails" got one
+/// allocation further than the last and kept one more heap block. A refused prepare now gives
+/// back everything it allocated.
+///
+/// For every failure point k of a multi-op job, on a VM that never prepared a job (every kept
+/// vector empty) and on one warmed up by a one-op job (kept vectors too small for this job),
+/// the refused prepare is retried 8 times under the same plan: each try must leave the VM's
+/// state unchanged and net zero heap blocks and bytes. (The frame pool is created with enough
+/// free frames, so the allocator's own storage never grows.)
+#[test]
+fn regress_refused_prepare_keeps_no_grown_vector() {
+    let ops = vf::random_job(7, 0);
+    let maps = ops
+        .iter()
+        .filter(|o| matches!(o, BindOp::Map { .. }))
+        .count();
+    assert!(ops.len() == 8 && maps >= 4, "a multi-map job: {ops:?}");
+    let warm_ops = [ops
+        .iter()
+        .copied()
+        .find(|o| matches!(o, BindOp::Map { .. }))
+        .expect("a map")];
+    let mut counted = 0;
+    for warm in [false, true] {
+        for from in [false, true] {
+            let points = every_k("prepare", |k| {
+                let (mut vm, _) = vf::new_vm_with_frames(0, 256);
+                let mut reg = Registry::new();
+                if warm {
+                    run_job(&mut vm, &mut reg, &warm_ops);
+                }
+                let plan = if from { Plan::From(k) } else { Plan::Nth(k) };
+                for attempt in 0..8 {
+                    let before = vm_state(&vm, &reg);
+                    let (res, r) = failalloc::with_plan(plan, || {
+                        match vm.prepare(&mut reg, &BindJob::new(&ops)) {
+                            Ok(job) => Some(job),
+                            Err(e) => {
+                                assert_eq!(e, vmbind::PrepareError::NoMemory, "{plan:?}");
+                                None
+                            }
+                        }
+                    });
+                    let Some(job) = res else {
+                        assert_eq!(vm_state(&vm, &reg), before, "{plan:?}, try {attempt}");
+                        assert_eq!(vm.memory().created(), 256, "the pool never grows");
+                        assert_eq!(
+                            (r.net_blocks, r.net_bytes),
+                            (0, 0),
+                            "warm {warm}, {plan:?}, try {attempt}: the refusal kept memory"
+                        );
+                        counted += 1;
+                        continue;
+                    };
+                    assert_eq!(attempt, 0, "{plan:?}: a refusal, then the same plan passed");
+                    let done = vm.run(job).map_err(|_| ()).expect("own job");
+                    assert_eq!(done.result(), Ok(()));
+                    vm.cleanup(done).map_err(|_| ()).expect("cleanup");
+                    return true;
+                }
+                false
+            });
+            assert!(points >= 6, "warm {warm}: only {points} failure points");
+        }
+    }
+    assert!(counted > 100, "only {counted} refusals counted");
 }

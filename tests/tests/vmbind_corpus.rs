@@ -95,10 +95,12 @@ fn seeds_exercise_every_path() {
     }
 }
 
-/// Regression (a harness false positive found by the fuzzer): the first refused prepare under an
-/// injected failure kept one 1344-byte block (a buffer growing its capacity for the first time),
-/// which the leak check took for a leak; a retry under the same plan keeps none. The check now
-/// retries before calling it a leak.
+/// Regression (found by the fuzzer): the first refused prepare under an injected failure kept
+/// one 1344-byte block (a vector of the VM growing its capacity for the first time). First taken
+/// for a harness false positive (a retry under the same plan keeps none, so the harness retried
+/// before calling it a leak); it was the refused prepare keeping what it grew, now given back
+/// (`crash-leak-retry`, `alloc_failure::regress_refused_prepare_keeps_no_grown_vector`), so the
+/// harness insists on no block kept by the first refusal.
 #[test]
 fn regress_first_refusal_keeps_capacity() {
     let path = CORPUS

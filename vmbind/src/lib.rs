@@ -87,6 +87,22 @@
 //!   VM becomes unusable (maps refused with [`PrepareError::Unusable`], unmaps still run), in
 //!   debug and release builds alike.
 //!
+//! # Changes since `vmbind-v3`
+//!
+//! * A job's steps, backing, object references and link pins vectors are taken from the VM at
+//!   prepare and given back, emptied, at cleanup (up to 64 elements each): a stream of small
+//!   jobs no longer allocates them. No API change.
+//! * [`PreparedJob`] and [`DoneJob`] are tickets into a slot table of the VM that holds each
+//!   job's state (same names and methods). A ticket dropped without run, abort or cleanup, or
+//!   a dropped [`queue::BindQueue`] with queued jobs, no longer loses memory: the VM's drop
+//!   releases the job, and the new [`Vm::reclaim_outstanding`] releases every job between
+//!   prepare and cleanup (for a teardown). A stale ticket (its job reclaimed) is handed back
+//!   by [`Vm::run`], [`Vm::abort`] and [`Vm::cleanup`], like another VM's; [`Vm::defer`] drops
+//!   it (it no longer trips a debug assertion for another VM's ticket).
+//! * [`swsync`] states that its `try_new`s are fallible in practice, not by guarantee (they
+//!   probe the allocator, then call `Rc::new`), and that a kernel driver implements the
+//!   [`sync`] traits over its own fallibly allocated fences.
+//!
 //! # Examples
 //!
 //! ```
@@ -204,6 +220,8 @@ extern crate alloc;
 
 use core::fmt;
 
+#[cfg(feature = "alloc")]
+mod grow;
 mod job;
 mod obj;
 #[cfg(feature = "alloc")]

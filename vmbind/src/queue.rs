@@ -231,10 +231,6 @@ where
     /// # Errors
     ///
     /// The job and its waits, handed back, if the queue could not grow.
-    #[expect(
-        clippy::result_large_err,
-        reason = "the caller's values, handed back by value"
-    )]
     pub fn submit(
         &mut self,
         job: PreparedJob<R, O::Fence>,

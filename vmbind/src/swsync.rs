@@ -11,14 +11,24 @@
 //!   the point it reached, so waits at or below it resolve to [`Point::Signalled`]).
 //! * [`SwSyncs`]: the handle table ([`SyncTable`]).
 //!
-//! Allocation: `Rc` has no fallible constructor on stable Rust, so [`SwSyncs::new_fence`] and
-//! [`SwSyncs::alloc_chain`] first probe the allocator with a fallible allocation of the same
-//! size and report [`SyncError::NoMemory`] if it fails. That turns an allocation failure into an
-//! error in practice (and under a failing test allocator, which fails the probe), though not by
-//! guarantee; a kernel implementation allocates its fences and chains through its own fallible
-//! API. Nothing here allocates after prepare: `status`, `find`, `publish` and `signal` only move
-//! `Rc` clones and cells (publish may free the signalled part of a chain; it runs in process
-//! context).
+//! # Allocation: not fallible by guarantee
+//!
+//! This implementation is for tests and simulators. `Rc` has no fallible constructor on stable
+//! Rust (`Rc::try_new` is unstable, and building one by hand needs `unsafe`, which the crate
+//! forbids), so [`SwFence::try_new`], [`SwSyncobj::try_new`], [`SwSyncs::new_fence`] and
+//! [`SwSyncs::alloc_chain`] only *probe* the allocator with a fallible allocation of the same
+//! sizes, report [`SyncError::NoMemory`] if the probe fails, and then call `Rc::new`, which
+//! still aborts if the allocation right after the probe fails. An allocation failure therefore
+//! becomes an error in practice, not by guarantee, and no test relies on it: the tests that
+//! inject allocation failures suspend the injection around these calls and fail the
+//! [`SyncTable`] methods through the trait instead.
+//!
+//! A kernel driver does not use this module: it implements [`Fence`], [`Syncobj`] and
+//! [`SyncTable`] over its own dma-fences, syncobjs and chain nodes, allocated through the
+//! kernel's fallible API (its `Arc::new` and `KBox::new` return errors), which is what makes
+//! `Submit::add` sound there. Nothing here allocates after prepare: `status`, `find`, `publish`
+//! and `signal` only move `Rc` clones and cells (publish may free the signalled part of a
+//! chain; it runs in process context).
 
 use alloc::rc::Rc;
 use alloc::vec::Vec;
@@ -67,7 +77,8 @@ impl SwFence {
         Self::default()
     }
 
-    /// A pending fence, allocated after a fallible probe (see the module docs).
+    /// A pending fence, allocated after a fallible probe: an error in practice, an abort if the
+    /// allocation after a successful probe fails (see the module docs).
     ///
     /// # Errors
     ///
@@ -158,7 +169,8 @@ struct SyncobjCell {
 }
 
 impl SwSyncobj {
-    /// A syncobj without a fence, allocated after a fallible probe.
+    /// A syncobj without a fence, allocated after a fallible probe (not fallible by guarantee:
+    /// see the module docs).
     ///
     /// # Errors
     ///

@@ -2,6 +2,7 @@
 
 use alloc::vec::Vec;
 use core::fmt;
+use core::marker::PhantomData;
 use core::ops::Range;
 
 use gpuva::{BoxNode, Claim, GpuVm, LinkError, LinkPin, Mapping, ObjId, Request, SmVisitor};
@@ -11,6 +12,7 @@ use pagetable::{
     Reserve, TlbInvalidate, UpdateContext, UpdateHooks, VirtAddr, WindowRun,
 };
 
+use crate::grow::Grown;
 use crate::job::{BindJob, BindOp, MapFlags, Mode, OpError};
 use crate::obj::{ObjRef, ObjectRegistry};
 use crate::sync::JobFence;
@@ -158,9 +160,66 @@ enum Step {
     },
 }
 
+/// The per-job vectors of the last cleaned-up job, emptied, for the next prepare to reuse (so a
+/// steady stream of small jobs allocates none of them). Vectors larger than
+/// [`KEEP_VEC`] elements are freed instead of kept.
+struct JobVecs<R> {
+    steps: Vec<Step>,
+    backing: Vec<Chunk>,
+    refs: Vec<(ObjId, Option<R>)>,
+    pins: Vec<LinkPin>,
+}
+
+impl<R> Default for JobVecs<R> {
+    fn default() -> Self {
+        Self {
+            steps: Vec::new(),
+            backing: Vec::new(),
+            refs: Vec::new(),
+            pins: Vec::new(),
+        }
+    }
+}
+
+/// What one prepare grew of the vectors the VM keeps, undone if it refuses the job (see
+/// [`Grown`]): a refusal leaves every kept vector as it was, its buffer included.
+struct Growth<R, F> {
+    refs: Grown<(ObjId, Option<R>)>,
+    steps: Grown<Step>,
+    backing: Grown<Chunk>,
+    pins: Grown<LinkPin>,
+    scratch: Grown<WindowRun>,
+    done: Grown<DoneJob<R, F>>,
+    slots: Grown<Slot<R>>,
+}
+
+impl<R, F> Default for Growth<R, F> {
+    fn default() -> Self {
+        Self {
+            refs: Grown::default(),
+            steps: Grown::default(),
+            backing: Grown::default(),
+            pins: Grown::default(),
+            scratch: Grown::default(),
+            done: Grown::default(),
+            slots: Grown::default(),
+        }
+    }
+}
+
+/// Largest per-job vector (in elements) kept for reuse by [`JobVecs`].
+const KEEP_VEC: usize = 64;
+
+/// Keeps `v` (emptied) in `slot` if it is small enough and `slot` has less room; else frees it.
+fn keep_vec<T>(slot: &mut Vec<T>, mut v: Vec<T>) {
+    v.clear();
+    if v.capacity() <= KEEP_VEC && v.capacity() > slot.capacity() {
+        *slot = v;
+    }
+}
+
 /// Everything one job holds from prepare to cleanup.
 struct Held<R> {
-    vm: usize,
     steps: Vec<Step>,
     backing: Vec<Chunk>,
     /// One reference per distinct object (all `Some` after prepare), dropped in cleanup.
@@ -191,14 +250,50 @@ impl<R> fmt::Debug for Held<R> {
     }
 }
 
+/// A job's state in its VM's slot table, from prepare to cleanup.
+#[derive(Debug)]
+struct JobState<R> {
+    held: Held<R>,
+    /// Retired tables, freed by cleanup (after the run).
+    reclaim: Option<Reclaim>,
+    /// A flush whose invalidation failed, retried by cleanup.
+    pending: Option<Flush>,
+    /// Whether the run stage is over (ran or aborted).
+    done: bool,
+}
+
+/// One entry of the VM's slot table. The generation changes whenever the slot is freed, so a
+/// ticket for an earlier job of the slot is stale.
+#[derive(Debug)]
+struct Slot<R> {
+    generation: u32,
+    state: Option<JobState<R>>,
+}
+
+/// What names a job in its VM: the VM's identity, the slot, the slot's generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ticket {
+    vm: usize,
+    slot: usize,
+    generation: u32,
+}
+
 /// A job that passed prepare: validated, its worst case reserved, its objects referenced and
-/// linked. Run it with [`Vm::run`] (or fail it with [`Vm::abort`]); dropping it instead leaks
-/// its reservation until the VM is dropped.
+/// linked. Run it with [`Vm::run`] (or fail it with [`Vm::abort`]).
+///
+/// The reservation itself lives in the VM; this is a ticket for it (and the armed out-fence).
+/// A ticket dropped without run or abort leaves its job in the VM, which releases it when it is
+/// dropped or when [`Vm::reclaim_outstanding`] is called; nothing is lost.
 #[must_use = "a prepared job holds a reservation: run it or abort it"]
 #[derive(Debug)]
 pub struct PreparedJob<R, F = ()> {
-    held: Held<R>,
+    ticket: Ticket,
     fence: Option<F>,
+    span: Option<Range<u64>>,
+    mode: Mode,
+    frames: u64,
+    claimed: usize,
+    _ref: PhantomData<fn() -> R>,
 }
 
 impl<R, F> PreparedJob<R, F> {
@@ -212,39 +307,42 @@ impl<R, F> PreparedJob<R, F> {
     /// sync-only ops.
     #[must_use]
     pub fn span(&self) -> Option<Range<u64>> {
-        self.held.span.clone()
+        self.span.clone()
     }
 
     /// Async or sync.
     #[must_use]
     pub fn mode(&self) -> Mode {
-        self.held.mode
+        self.mode
     }
 
     /// Page-table frames reserved.
     #[must_use]
     pub fn frames(&self) -> u64 {
-        self.held.frames
+        self.frames
     }
 
     /// gpuva nodes claimed (after the links took theirs).
     #[must_use]
     pub fn claimed_nodes(&self) -> usize {
-        self.held.claim.nodes()
+        self.claimed
     }
 }
 
 /// A job whose run stage is over (or that was aborted): its out-fence has been signalled, its
 /// retired memory waits for [`Vm::cleanup`] (or [`Vm::defer`]).
+///
+/// Like [`PreparedJob`], a ticket: the retired memory lives in the VM, and a dropped `DoneJob`
+/// leaves it there for the VM's drop or [`Vm::reclaim_outstanding`].
 #[must_use = "a finished job holds retired memory: clean it up or defer it"]
 #[derive(Debug)]
 pub struct DoneJob<R, F = ()> {
-    held: Held<R>,
+    ticket: Ticket,
     fence: Option<F>,
-    reclaim: Option<Reclaim>,
-    /// A flush whose invalidation failed, retried by cleanup.
-    pending: Option<Flush>,
-    result: Result<(), JobError>,
+    summary: JobSummary,
+    retired: usize,
+    unused_claim: usize,
+    _ref: PhantomData<fn() -> R>,
 }
 
 impl<R, F> DoneJob<R, F> {
@@ -254,43 +352,53 @@ impl<R, F> DoneJob<R, F> {
     ///
     /// The [`JobError`] its out-fence carried.
     pub fn result(&self) -> Result<(), JobError> {
-        self.result
+        self.summary.result
     }
 
     /// Table frames the job retired (waiting for cleanup).
     #[must_use]
     pub fn retired_frames(&self) -> usize {
-        self.reclaim.as_ref().map_or(0, Reclaim::len)
-            + self.pending.as_ref().map_or(0, Flush::retired_len)
+        self.retired
     }
 
     /// Frames left unused in the job's reservation.
     #[must_use]
     pub fn unused_frames(&self) -> usize {
-        self.held.reserve.len()
+        usize::try_from(self.summary.frames_returned).unwrap_or(usize::MAX)
     }
 
     /// gpuva nodes left unused in the job's claim.
     #[must_use]
     pub fn unused_nodes(&self) -> usize {
-        self.held.claim.nodes()
+        self.unused_claim
     }
 
     /// What the job reserved, used and gives back (the per-job slack).
     #[must_use]
     pub fn summary(&self) -> JobSummary {
-        let unused = u64::try_from(self.unused_frames()).unwrap_or(u64::MAX);
-        let drawn = self.held.drawn.min(self.held.nodes);
-        JobSummary {
-            result: self.result,
-            frames_reserved: self.held.frames,
-            frames_used: self.held.frames.saturating_sub(unused),
+        self.summary
+    }
+}
+
+impl<R> JobState<R> {
+    /// The ticket's figures, taken when the run stage ends.
+    fn summary(&self, result: Result<(), JobError>) -> (JobSummary, usize, usize) {
+        let h = &self.held;
+        let retired = self.reclaim.as_ref().map_or(0, Reclaim::len)
+            + self.pending.as_ref().map_or(0, Flush::retired_len);
+        let unused = u64::try_from(h.reserve.len()).unwrap_or(u64::MAX);
+        let drawn = h.drawn.min(h.nodes);
+        let s = JobSummary {
+            result,
+            frames_reserved: h.frames,
+            frames_used: h.frames.saturating_sub(unused),
             frames_returned: unused,
-            frames_retired: u64::try_from(self.retired_frames()).unwrap_or(u64::MAX),
-            nodes_reserved: self.held.nodes,
+            frames_retired: u64::try_from(retired).unwrap_or(u64::MAX),
+            nodes_reserved: h.nodes,
             nodes_used: drawn,
-            nodes_returned: self.held.nodes - drawn,
-        }
+            nodes_returned: h.nodes - drawn,
+        };
+        (s, retired, h.claim.nodes())
     }
 }
 
@@ -350,6 +458,10 @@ pub struct Vm<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence = ()> {
     spare: Reserve,
     /// Scratch of the page-table job bound, kept between prepares.
     scratch: Vec<WindowRun>,
+    /// Per-job vectors kept for the next prepare.
+    vecs: JobVecs<R>,
+    /// Every job from prepare to cleanup; grown (fallibly) by prepare only.
+    slots: Vec<Slot<R>>,
     /// Sliding peaks of one job's reservation (frames, nodes): the current window and the
     /// previous one, and jobs cleaned up in the current window.
     peaks: [(u64, usize); 2],
@@ -415,8 +527,15 @@ impl<M: pagetable::TableMemory + ?Sized, H: UpdateHooks> SmVisitor<()> for Write
     }
 }
 
-/// Copies `[offset, offset + len)` of `chunks` into `out`; returns the length copied.
-fn slice_backing(chunks: &[Chunk], offset: u64, len: u64, out: &mut Vec<Chunk>) -> Result<u64, ()> {
+/// Copies `[offset, offset + len)` of `chunks` into `out` (grown through `grow`); returns the
+/// length copied.
+fn slice_backing(
+    chunks: &[Chunk],
+    offset: u64,
+    len: u64,
+    out: &mut Vec<Chunk>,
+    grow: &mut Grown<Chunk>,
+) -> Result<u64, ()> {
     let (mut skip, mut left) = (offset, len);
     for c in chunks {
         if left == 0 {
@@ -427,7 +546,7 @@ fn slice_backing(chunks: &[Chunk], offset: u64, len: u64, out: &mut Vec<Chunk>) 
             continue;
         }
         let take = (c.len - skip).min(left);
-        out.try_reserve(1).map_err(|_| ())?;
+        grow.try_reserve(out, 1).map_err(|_| ())?;
         #[expect(clippy::disallowed_methods, reason = "capacity reserved just above")]
         out.push(Chunk::new(
             pagetable::PhysAddr::new(c.pa.as_u64() + skip),
@@ -482,6 +601,8 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
             unusable: false,
             spare: Reserve::new(),
             scratch: Vec::new(),
+            vecs: JobVecs::default(),
+            slots: Vec::new(),
             peaks: [(0, 0); 2],
             peak_jobs: 0,
             shortfall: 0,
@@ -590,6 +711,36 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
         job: &BindJob<'_>,
     ) -> Result<PreparedJob<R, F>, PrepareError<G::Error>> {
         self.cleanup_deferred();
+        // The kept vectors are lent to this prepare (a successful one hands them to its job).
+        // Whatever it grows of them or of the VM's own vectors it grows into new buffers, so a
+        // refusal gives every vector its old buffer back and frees the new ones: the VM keeps
+        // exactly the memory it kept before.
+        let mut v = core::mem::take(&mut self.vecs);
+        let mut g = Growth::default();
+        let lens = (self.scratch.len(), self.done.len(), self.slots.len());
+        let r = self.prepare_in(registry, job, &mut v, &mut g);
+        if r.is_err() {
+            g.refs.undo(&mut v.refs, 0);
+            g.steps.undo(&mut v.steps, 0);
+            g.backing.undo(&mut v.backing, 0);
+            g.pins.undo(&mut v.pins, 0);
+            g.scratch.undo(&mut self.scratch, lens.0);
+            g.done.undo(&mut self.done, lens.1);
+            g.slots.undo(&mut self.slots, lens.2);
+        }
+        self.vecs = v;
+        r
+    }
+
+    /// [`Vm::prepare`] with the vectors `v` (the job takes them on success), growing vectors
+    /// through `g` only.
+    fn prepare_in<G: ObjectRegistry<Ref = R>>(
+        &mut self,
+        registry: &mut G,
+        job: &BindJob<'_>,
+        v: &mut JobVecs<R>,
+        g: &mut Growth<R, F>,
+    ) -> Result<PreparedJob<R, F>, PrepareError<G::Error>> {
         let fmt = self.config.format;
         let page = fmt.page_size();
         let nomem = |_| PrepareError::NoMemory;
@@ -602,8 +753,8 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
             .iter()
             .filter(|op| matches!(op, BindOp::Map { .. }))
             .count();
-        let mut refs: Vec<(ObjId, Option<R>)> = Vec::new();
-        refs.try_reserve_exact(maps).map_err(nomem)?;
+        let refs = &mut v.refs;
+        g.refs.try_reserve(refs, maps).map_err(nomem)?;
         for op in job.ops {
             if let BindOp::Map { obj, .. } = *op {
                 #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
@@ -612,9 +763,9 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
         }
         refs.sort_unstable_by_key(|(obj, _)| *obj);
         refs.dedup_by_key(|(obj, _)| *obj);
-        let mut steps: Vec<Step> = Vec::new();
-        steps.try_reserve_exact(job.ops.len()).map_err(nomem)?;
-        let mut backing: Vec<Chunk> = Vec::new();
+        let steps = &mut v.steps;
+        g.steps.try_reserve(steps, job.ops.len()).map_err(nomem)?;
+        let backing = &mut v.backing;
         let mut need_nodes = 0usize;
         let mut span: Option<Range<u64>> = None;
         for (index, op) in job.ops.iter().enumerate() {
@@ -657,7 +808,7 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
                         return Err(bad(OpError::ObjectBounds { size }));
                     }
                     let start = backing.len();
-                    let got = slice_backing(o.backing(), offset, len, &mut backing)
+                    let got = slice_backing(o.backing(), offset, len, backing, &mut g.backing)
                         .map_err(|()| PrepareError::NoMemory)?;
                     if got != len {
                         // The object's backing is shorter than its declared size.
@@ -692,7 +843,7 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
         // 2. The page-table bound over the job's table operations.
         let mut table_ops: Vec<JobOp<'_>> = Vec::new();
         table_ops.try_reserve_exact(steps.len()).map_err(nomem)?;
-        for s in &steps {
+        for s in steps.iter() {
             #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
             match s {
                 Step::Map {
@@ -715,10 +866,11 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
             match job_bound(&fmt, &table_ops, &mut self.scratch) {
                 Ok(c) => break c.total().saturating_sub(self.shortfall),
                 Err(BoundError::ScratchFull) => {
-                    // Grown fallibly and kept for later jobs (not observable state).
-                    let want = self.scratch.len().max(4).saturating_mul(4);
-                    self.scratch
-                        .try_reserve_exact(want - self.scratch.len())
+                    // Grown fallibly and kept for later jobs (a refusal undoes it).
+                    let len = self.scratch.len();
+                    let want = len.max(4).saturating_mul(4);
+                    g.scratch
+                        .try_reserve(&mut self.scratch, want - len)
                         .map_err(nomem)?;
                     #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
                     self.scratch.resize(want, WindowRun::default());
@@ -742,9 +894,15 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
             return Err(PrepareError::Again);
         }
         // A slot in the deferred-cleanup list, so that `defer` never allocates.
-        self.done.try_reserve(self.outstanding + 1).map_err(nomem)?;
-        let mut pins: Vec<LinkPin> = Vec::new();
-        pins.try_reserve_exact(refs.len()).map_err(nomem)?;
+        g.done
+            .try_reserve(&mut self.done, self.outstanding + 1)
+            .map_err(nomem)?;
+        // A slot for the job's state (a free one, or room for one more).
+        if !self.slots.iter().any(|s| s.state.is_none()) {
+            g.slots.try_reserve(&mut self.slots, 1).map_err(nomem)?;
+        }
+        let pins = &mut v.pins;
+        g.pins.try_reserve(pins, refs.len()).map_err(nomem)?;
 
         // 3. Reserve: frames, then nodes, then links; each failure undoes the ones before.
         let mut reserve = Reserve::new();
@@ -782,24 +940,91 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
         }
         self.frames_in_flight += frames;
         self.outstanding += 1;
+        let claimed = claim.nodes();
+        let held = Held {
+            steps: core::mem::take(steps),
+            backing: core::mem::take(backing),
+            refs: core::mem::take(refs),
+            pins: core::mem::take(pins),
+            nodes: claim.nodes(),
+            drawn: 0,
+            claim,
+            reserve,
+            frames,
+            lock,
+            span: span.clone(),
+            mode: job.mode,
+        };
+        let state = JobState {
+            held,
+            reclaim: None,
+            pending: None,
+            done: false,
+        };
+        let free = self
+            .slots
+            .iter_mut()
+            .enumerate()
+            .find(|(_, s)| s.state.is_none());
+        let (slot, generation) = if let Some((i, entry)) = free {
+            entry.state = Some(state);
+            (i, entry.generation)
+        } else {
+            #[expect(clippy::disallowed_methods, reason = "capacity reserved above")]
+            self.slots.push(Slot {
+                generation: 0,
+                state: Some(state),
+            });
+            (self.slots.len() - 1, 0)
+        };
         Ok(PreparedJob {
-            held: Held {
+            ticket: Ticket {
                 vm: self.va.id(),
-                steps,
-                backing,
-                refs,
-                pins,
-                nodes: claim.nodes(),
-                drawn: 0,
-                claim,
-                reserve,
-                frames,
-                lock,
-                span,
-                mode: job.mode,
+                slot,
+                generation,
             },
             fence: None,
+            span,
+            mode: job.mode,
+            frames,
+            claimed,
+            _ref: PhantomData,
         })
+    }
+
+    /// Whether `t` is this VM's, current (its slot not freed since), and at stage `done`.
+    fn is_current(&self, t: Ticket, done: bool) -> bool {
+        t.vm == self.va.id()
+            && self.slots.get(t.slot).is_some_and(|s| {
+                s.generation == t.generation && s.state.as_ref().is_some_and(|j| j.done == done)
+            })
+    }
+
+    /// Takes the state of the job `t` names out of its slot, if [`Vm::is_current`].
+    fn take_state(&mut self, t: Ticket, done: bool) -> Option<JobState<R>> {
+        if t.vm != self.va.id() {
+            return None;
+        }
+        let slot = self.slots.get_mut(t.slot)?;
+        if slot.generation != t.generation || slot.state.as_ref()?.done != done {
+            return None;
+        }
+        slot.state.take()
+    }
+
+    /// Puts a job's state back in its slot (taken by [`Vm::take_state`]).
+    fn put_state(&mut self, t: Ticket, state: JobState<R>) {
+        if let Some(slot) = self.slots.get_mut(t.slot) {
+            slot.state = Some(state);
+        }
+    }
+
+    /// Frees slot `i`: its generation changes, so tickets for it turn stale.
+    fn free_slot(&mut self, i: usize) {
+        if let Some(slot) = self.slots.get_mut(i) {
+            slot.state = None;
+            slot.generation = slot.generation.wrapping_add(1);
+        }
     }
 
     /// Run (the fence-signalling critical section): applies every op to the VA tree and the
@@ -813,18 +1038,14 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
     ///
     /// # Errors
     ///
-    /// The job, untouched, if another VM prepared it.
-    #[expect(
-        clippy::result_large_err,
-        reason = "the job comes back by value: boxing it would allocate"
-    )]
+    /// The job, untouched, if another VM prepared it or its ticket is stale (the job was
+    /// released by [`Vm::reclaim_outstanding`]).
     pub fn run(&mut self, job: PreparedJob<R, F>) -> Result<DoneJob<R, F>, PreparedJob<R, F>> {
-        if job.held.vm != self.va.id() {
+        let Some(JobState { mut held, .. }) = self.take_state(job.ticket, false) else {
             return Err(job);
-        }
+        };
         let PreparedJob {
-            mut held,
-            mut fence,
+            ticket, mut fence, ..
         } = job;
         self.mmu.begin_signalling();
         if let Some(region) = held.lock {
@@ -896,13 +1117,35 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
             f.signal(result);
         }
         self.mmu.end_signalling();
-        Ok(DoneJob {
+        Ok(self.done_job(ticket, fence, held, reclaim, pending, result))
+    }
+
+    /// Puts a job whose run stage ended back in its slot and makes its [`DoneJob`] ticket.
+    fn done_job(
+        &mut self,
+        ticket: Ticket,
+        fence: Option<F>,
+        held: Held<R>,
+        reclaim: Option<Reclaim>,
+        pending: Option<Flush>,
+        result: Result<(), JobError>,
+    ) -> DoneJob<R, F> {
+        let state = JobState {
             held,
-            fence,
             reclaim,
             pending,
-            result,
-        })
+            done: true,
+        };
+        let (summary, retired, unused_claim) = state.summary(result);
+        self.put_state(ticket, state);
+        DoneJob {
+            ticket,
+            fence,
+            summary,
+            retired,
+            unused_claim,
+            _ref: PhantomData,
+        }
     }
 
     /// Fails a prepared job without running it (an in-fence failed or timed out, the queue was
@@ -911,39 +1154,34 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
     ///
     /// # Errors
     ///
-    /// The job, untouched, if another VM prepared it.
-    #[expect(
-        clippy::result_large_err,
-        reason = "the job comes back by value: boxing it would allocate"
-    )]
+    /// The job, untouched, if another VM prepared it or its ticket is stale (the job was
+    /// released by [`Vm::reclaim_outstanding`]).
     pub fn abort(
         &mut self,
         job: PreparedJob<R, F>,
         error: JobError,
     ) -> Result<DoneJob<R, F>, PreparedJob<R, F>> {
-        if job.held.vm != self.va.id() {
+        let Some(JobState { held, .. }) = self.take_state(job.ticket, false) else {
             return Err(job);
-        }
-        let PreparedJob { held, mut fence } = job;
+        };
+        let PreparedJob {
+            ticket, mut fence, ..
+        } = job;
         self.mmu.begin_signalling();
         if let Some(f) = fence.as_mut() {
             f.signal(Err(error));
         }
         self.mmu.end_signalling();
-        Ok(DoneJob {
-            held,
-            fence,
-            reclaim: None,
-            pending: None,
-            result: Err(error),
-        })
+        Ok(self.done_job(ticket, fence, held, None, None, Err(error)))
     }
 
     /// Queues a finished job for cleanup on the next prepare-side call (or drop). Never
     /// allocates: prepare reserved the slot. Callable from the signalling path.
+    ///
+    /// Another VM's or a stale ticket is dropped (it holds nothing: its job's state is with
+    /// its own VM, or was released already).
     pub fn defer(&mut self, done: DoneJob<R, F>) {
-        if done.held.vm != self.va.id() {
-            debug_assert!(false, "deferring another VM's job");
+        if !self.is_current(done.ticket, true) {
             return;
         }
         self.outstanding = self.outstanding.saturating_sub(1);
@@ -958,13 +1196,10 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
     ///
     /// # Errors
     ///
-    /// The job, handed back, if its invalidation had failed and fails again (retry later).
-    #[expect(
-        clippy::result_large_err,
-        reason = "the job comes back by value: boxing it would allocate"
-    )]
+    /// The job, handed back, if its invalidation had failed and fails again (retry later), or if
+    /// the ticket is another VM's or stale (nothing to retry).
     pub fn cleanup(&mut self, done: DoneJob<R, F>) -> Result<(), DoneJob<R, F>> {
-        if done.held.vm != self.va.id() {
+        if !self.is_current(done.ticket, true) {
             return Err(done);
         }
         self.outstanding = self.outstanding.saturating_sub(1);
@@ -979,6 +1214,10 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
         while i > 0 {
             i -= 1;
             let d = self.done.swap_remove(i);
+            if !self.is_current(d.ticket, true) {
+                // Released by `reclaim_outstanding`: nothing left to do.
+                continue;
+            }
             if let Err(d) = self.finish(d) {
                 #[expect(clippy::disallowed_methods, reason = "the slot was just freed")]
                 self.done.push(d);
@@ -997,26 +1236,31 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
         debug_assert!(res.is_ok(), "reserved frame refused by its own pool");
     }
 
-    #[expect(
-        clippy::result_large_err,
-        reason = "the job comes back by value: boxing it would allocate"
-    )]
-    fn finish(&mut self, mut done: DoneJob<R, F>) -> Result<(), DoneJob<R, F>> {
-        if let Some(flush) = done.pending.take() {
+    fn finish(&mut self, done: DoneJob<R, F>) -> Result<(), DoneJob<R, F>> {
+        let Some(mut state) = self.take_state(done.ticket, true) else {
+            return Err(done);
+        };
+        if let Some(flush) = state.pending.take() {
             match flush.invalidate(&mut self.mmu) {
-                Ok(r) => done.reclaim = Some(r),
+                Ok(r) => state.reclaim = Some(r),
                 Err(e) => {
-                    done.pending = Some(e.flush);
+                    state.pending = Some(e.flush);
+                    self.put_state(done.ticket, state);
                     return Err(done);
                 }
             }
         }
-        let DoneJob {
-            mut held,
-            fence,
-            reclaim,
-            ..
-        } = done;
+        self.free_slot(done.ticket.slot);
+        drop(done.fence);
+        self.release(state);
+        Ok(())
+    }
+
+    /// Gives back everything a job whose invalidation completed holds (its slot already freed).
+    fn release(&mut self, state: JobState<R>) {
+        let JobState {
+            mut held, reclaim, ..
+        } = state;
         if let Some(mut r) = reclaim {
             let res = r.release(&mut self.mem);
             debug_assert!(res.is_ok(), "retired frame refused by its own pool");
@@ -1053,21 +1297,54 @@ impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Vm<R, M, U, F> {
         self.va.drain_zombies(|_, r| drop(r));
         drop(self.va.trim(self.config.spare_nodes.max(keep_nodes)));
         self.frames_in_flight = self.frames_in_flight.saturating_sub(held.frames);
-        drop(fence);
-        drop(held.refs);
-        Ok(())
+        keep_vec(&mut self.vecs.refs, held.refs);
+        keep_vec(&mut self.vecs.steps, held.steps);
+        keep_vec(&mut self.vecs.backing, held.backing);
+        keep_vec(&mut self.vecs.pins, held.pins);
+    }
+
+    /// Releases every job between prepare and cleanup, whatever holds its ticket: prepared jobs
+    /// are dropped unrun (the VM stays as it was before their prepare), finished ones are
+    /// cleaned up, deferred ones too. For a driver tearing a VM or all its queues down, after
+    /// it failed what it still holds (e.g. [`BindQueue::cancel_all`]); tickets still held turn
+    /// stale ([`Vm::run`], [`Vm::abort`] and [`Vm::cleanup`] hand them back, [`Vm::defer`]
+    /// drops them), and the out-fences of prepared jobs still held are not signalled (their
+    /// holders do that). A job whose failed invalidation fails again keeps its retired tables
+    /// out of use forever (never reused: the GPU may still see them). Returns how many jobs it
+    /// released.
+    ///
+    /// [`BindQueue::cancel_all`]: crate::queue::BindQueue::cancel_all
+    pub fn reclaim_outstanding(&mut self) -> usize {
+        let mut n = 0;
+        for i in 0..self.slots.len() {
+            let Some(mut state) = self.slots.get_mut(i).and_then(|s| s.state.take()) else {
+                continue;
+            };
+            self.free_slot(i);
+            if let Some(flush) = state.pending.take() {
+                match flush.invalidate(&mut self.mmu) {
+                    Ok(r) => state.reclaim = Some(r),
+                    Err(e) => {
+                        let _ = e.flush.forget();
+                    }
+                }
+            }
+            self.release(state);
+            n += 1;
+        }
+        // Deferred tickets are stale now; the list keeps its capacity.
+        self.done.clear();
+        self.outstanding = 0;
+        n
     }
 }
 
 impl<R: ObjRef, M: FrameAlloc, U: Mmu, F: JobFence> Drop for Vm<R, M, U, F> {
     fn drop(&mut self) {
         self.cleanup_deferred();
-        // Jobs whose invalidation never completed: their frames are given up, never reused.
-        for d in self.done.drain(..) {
-            if let Some(f) = d.pending {
-                let _ = f.forget();
-            }
-        }
+        // Jobs still deferred or whose tickets were dropped (including jobs never run); jobs
+        // whose invalidation never completed give their retired frames up, never reused.
+        self.reclaim_outstanding();
         let _ = self.spare.release(&mut self.mem);
     }
 }
