@@ -24,7 +24,7 @@ pub const MAX_REQUESTS: usize = 128;
 
 /// The harness's full-state comparisons run after every `FULL_EVERY`-th request (and at the
 /// end); the per-request checks run after every request (see `Harness::full_every`).
-pub const FULL_EVERY: u64 = 8;
+pub const FULL_EVERY: u64 = 32;
 
 /// Runs one fuzz input; panics on any violated invariant, never on a bad request.
 pub fn run(data: &[u8]) {

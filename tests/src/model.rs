@@ -248,9 +248,9 @@ impl Model {
     pub fn unmap(&mut self, r: Range<u64>) {
         let idx = self.page_indices(r);
         self.cache.0.get_mut().take();
-        let mut tail = self.pages.split_off(&idx.start);
-        let mut after = tail.split_off(&idx.end);
-        self.pages.append(&mut after);
+        while let Some((&p, _)) = self.pages.range(idx.clone()).next() {
+            self.pages.remove(&p);
+        }
     }
 
     /// The mappings, in address order, with their ids: maximal runs of consecutive pages with the
@@ -266,20 +266,28 @@ impl Model {
     }
 
     fn compute_mappings(&self) -> Vec<(Mapping, u64)> {
+        self.runs(self.pages.iter())
+    }
+
+    /// Whether page `q` (index `qi`) continues the run (mapping) of page `p` (index `pi`).
+    fn continues(&self, (pi, p): (u64, &Page), (qi, q): (u64, &Page)) -> bool {
+        pi + 1 == qi
+            && p.id == q.id
+            && p.obj == q.obj
+            && p.flags == q.flags
+            && p.repeat == q.repeat
+            && Mapping::new(0, 0, p.obj, p.offset)
+                .with_repeat(p.repeat)
+                .offset_after(self.page)
+                == q.offset
+    }
+
+    /// The maximal runs of `pages` (ascending), as mappings with their ids.
+    fn runs<'a>(&self, pages: impl Iterator<Item = (&'a u64, &'a Page)>) -> Vec<(Mapping, u64)> {
         let mut out: Vec<(Mapping, u64)> = Vec::new();
-        let mut last: Option<(u64, Page)> = None;
-        for (&p, page) in &self.pages {
-            let extends = last.is_some_and(|(lp, l)| {
-                lp + 1 == p
-                    && l.id == page.id
-                    && l.obj == page.obj
-                    && l.flags == page.flags
-                    && l.repeat == page.repeat
-                    && Mapping::new(0, 0, l.obj, l.offset)
-                        .with_repeat(l.repeat)
-                        .offset_after(self.page)
-                        == page.offset
-            });
+        let mut last: Option<(u64, &Page)> = None;
+        for (&p, page) in pages {
+            let extends = last.is_some_and(|l| self.continues(l, (p, page)));
             match out.last_mut() {
                 Some((m, _)) if extends => m.len += self.page,
                 _ => out.push((
@@ -289,17 +297,60 @@ impl Model {
                     page.id,
                 )),
             }
-            last = Some((p, *page));
+            last = Some((p, page));
         }
         out
     }
 
-    /// The mappings overlapping `r`, in address order.
-    fn overlapping(&self, r: &Range<u64>) -> Vec<(Mapping, u64)> {
-        self.mappings()
-            .into_iter()
-            .filter(|(m, _)| m.addr < r.end && m.end() > r.start)
+    /// The page indices of `r` (page-aligned), widened to whole mappings at both ends: no
+    /// mapping crosses the bounds of the result.
+    fn widen(&self, r: &Range<u64>) -> Range<u64> {
+        let Range { mut start, mut end } = self.page_indices(r.clone());
+        if start >= end {
+            return start..start;
+        }
+        if let Some((&i, mut p)) = self.pages.get_key_value(&start) {
+            start = i;
+            while let Some((&h, q)) = self.pages.range(..start).next_back() {
+                if !self.continues((h, q), (start, p)) {
+                    break;
+                }
+                (start, p) = (h, q);
+            }
+        }
+        if let Some((&i, mut p)) = self.pages.get_key_value(&(end - 1)) {
+            let mut last = i;
+            while let Some((&j, q)) = self.pages.range(last + 1..).next() {
+                if !self.continues((last, p), (j, q)) {
+                    break;
+                }
+                (last, p) = (j, q);
+            }
+            end = last + 1;
+        }
+        start..end
+    }
+
+    /// The mappings overlapping `r` (page-aligned), in address order, with their ids: the same
+    /// as filtering [`Model::mappings`], at the cost of `r` and the mappings at its ends only.
+    #[must_use]
+    pub fn mappings_in(&self, r: &Range<u64>) -> Vec<(Mapping, u64)> {
+        self.runs(self.pages.range(self.widen(r)))
+    }
+
+    /// The pages of `r` (page-aligned), to put back with [`Model::restore`].
+    #[must_use]
+    pub fn pages_in(&self, r: &Range<u64>) -> Vec<(u64, Page)> {
+        self.pages
+            .range(self.page_indices(r.clone()))
+            .map(|(p, page)| (*p, *page))
             .collect()
+    }
+
+    /// Replaces the pages of `r` by `saved` (from [`Model::pages_in`] of the same range).
+    pub fn restore(&mut self, r: &Range<u64>, saved: &[(u64, Page)]) {
+        self.unmap(r.clone());
+        self.pages.extend(saved.iter().copied());
     }
 
     /// drm_gpuvm's decision for one overlapped mapping `v` (the decision table). `req` is `None` for unmap.
@@ -347,7 +398,7 @@ impl Model {
     pub fn expected_map_ops(&self, req: &Mapping) -> Vec<Op> {
         let r = req.range();
         let mut ops: Vec<Op> = self
-            .overlapping(&r)
+            .mappings_in(&r)
             .iter()
             .map(|(v, _)| self.expected_op(v, &r, Some(req)))
             .collect();
@@ -358,22 +409,64 @@ impl Model {
     /// The ops drm_gpuvm emits for a valid unmap of `r`.
     #[must_use]
     pub fn expected_unmap_ops(&self, r: Range<u64>) -> Vec<Op> {
-        self.overlapping(&r)
+        self.mappings_in(&r)
             .iter()
             .map(|(v, _)| self.expected_op(v, &r, None))
             .collect()
     }
 
+    /// The id of the mapping `va` if the model has exactly it (a maximal run of pages), looking at
+    /// its pages and the two around it only.
+    fn exact_run(&self, va: &Mapping) -> Option<u64> {
+        let idx = self.page_indices(va.range());
+        if idx.is_empty() {
+            return None;
+        }
+        let (&first, p0) = self.pages.get_key_value(&idx.start)?;
+        let want = Mapping::new(first * self.page, self.page, p0.obj, p0.offset)
+            .with_flags(p0.flags)
+            .with_repeat(p0.repeat);
+        if want
+            != (Mapping {
+                len: self.page,
+                ..*va
+            })
+        {
+            return None;
+        }
+        if let Some((&h, q)) = self.pages.range(..first).next_back() {
+            if self.continues((h, q), (first, p0)) {
+                return None;
+            }
+        }
+        let mut last = (first, p0);
+        for (&i, p) in self.pages.range(idx.start + 1..idx.end) {
+            if !self.continues(last, (i, p)) {
+                return None;
+            }
+            last = (i, p);
+        }
+        if last.0 + 1 != idx.end {
+            return None;
+        }
+        if let Some((&j, q)) = self.pages.range(idx.end..).next() {
+            if self.continues(last, (j, q)) {
+                return None;
+            }
+        }
+        Some(p0.id)
+    }
+
     /// Removes the mapping `va`, which must exist exactly; returns its id.
     fn remove_exact(&mut self, va: &Mapping) -> Result<u64, String> {
-        let found = self.mappings().into_iter().find(|(m, _)| m.addr == va.addr);
-        match found {
-            Some((m, id)) if m == *va => {
+        match self.exact_run(va) {
+            Some(id) => {
                 self.unmap(va.range());
                 Ok(id)
             }
-            other => Err(format!(
-                "op removes {va:?}, but the model has {other:?} there"
+            None => Err(format!(
+                "op removes {va:?}, but the model has {:?} there",
+                self.mappings_in(&va.range())
             )),
         }
     }
@@ -415,7 +508,8 @@ impl Model {
                 if prev.is_none() && next.is_none() {
                     return Err(format!("Remap of {unmap:?} without pieces"));
                 }
-                let before = self.clone();
+                let before: BTreeMap<u64, Page> =
+                    self.pages_in(&unmap.range()).into_iter().collect();
                 let id = self.remove_exact(unmap)?;
                 let mut hole = unmap.range();
                 for (piece, is_prev) in [(prev, true), (next, false)] {
@@ -436,7 +530,7 @@ impl Model {
                     }
                     // The piece must translate exactly as the old mapping did.
                     for p in self.page_indices(piece.range()) {
-                        let want = before.pages.get(&p).map(Page::translation);
+                        let want = before.get(&p).map(Page::translation);
                         let got = piece.offset_after(p * self.page - piece.addr);
                         if want != Some((piece.obj, got, piece.flags)) {
                             return Err(format!(

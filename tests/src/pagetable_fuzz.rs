@@ -37,7 +37,7 @@ pub const MAX_REQUESTS: usize = 48;
 
 /// The full frame accounting (an audit of every table) runs after every `FULL_EVERY`-th
 /// request and at the end; the request's own pages are checked after every request.
-pub const FULL_EVERY: u64 = 4;
+pub const FULL_EVERY: u64 = 16;
 
 /// Pages of the VA window the requests play in (per format).
 const WINDOW_PAGES: u64 = 2048;
@@ -143,24 +143,54 @@ impl State {
     }
 
     /// Every page of `[start, start + len)` translates as the model says: the leaves there are
-    /// decoded by one descent (not a walk per page), then compared page by page.
-    fn check_pages(&self, start: u64, len: u64) {
+    /// decoded by one descent (not a walk per page) and compared page by page with the model,
+    /// without building either side. Returns the number of tables the descent went through
+    /// (every table whose span overlaps the range).
+    fn check_pages(&self, start: u64, len: u64) -> usize {
         let page = self.page();
         let r = start..start + len;
-        let mut got = BTreeMap::new();
-        for (va, size, pa, attrs) in leaves(&self.fmt, &self.pool, self.pt.root(), &r) {
+        let lo = start - (start - self.base) % page;
+        let mut want = self.model.range(lo..r.end);
+        let (leaves, tables) = descent(&self.fmt, &self.pool, self.pt.root(), &r);
+        for (va, size, pa, attrs) in leaves {
             let from = va.max(r.start);
             let to = (va + size).min(r.end);
             let mut p = from - (from - va) % page;
             while p < to {
-                got.insert(p, (pa + (p - va), attrs));
+                let got = (p, (pa + (p - va), attrs));
+                let w = want.next().map(|(k, v)| (*k, *v));
+                assert_eq!(Some(got), w, "pages of {start:#x}+{len:#x}");
                 p += page;
             }
         }
-        let lo = start - (start - self.base) % page;
-        let want: BTreeMap<u64, (u64, Attrs)> =
-            self.model.range(lo..r.end).map(|(k, v)| (*k, *v)).collect();
-        assert_eq!(got, want, "pages of {start:#x}+{len:#x}");
+        let extra = want.next();
+        assert_eq!(
+            extra, None,
+            "pages of {start:#x}+{len:#x}: unmapped in the table"
+        );
+        tables
+    }
+
+    /// The tables a descent over `[start, start + len)` goes through.
+    fn tables_in(&self, start: u64, len: u64) -> usize {
+        descent(&self.fmt, &self.pool, self.pt.root(), &(start..start + len)).1
+    }
+
+    /// Frames held outside the tables: `reserved` in the request's reserve, and the retired ones.
+    fn held(&self, reserved: usize) -> usize {
+        reserved + self.retired()
+    }
+
+    /// The per-request frame accounting, proportional to the request: a request moves frames
+    /// only between its reserve, the tables overlapping its range and the retired lists, so
+    /// `tables + held` over the range is what it was before (`before`, from [`State::tables_in`]
+    /// and [`State::held`]).
+    fn check_moved(&self, before: usize, tables: usize, reserved: usize, what: &str) {
+        assert_eq!(
+            tables + self.held(reserved),
+            before,
+            "{what}: frames between reserve, tables in range and retired lists"
+        );
     }
 
     /// Whether the full frame accounting is due (see [`FULL_EVERY`]).
@@ -279,6 +309,7 @@ impl State {
             .try_fill(&mut self.pool, bound.total())
             .expect("host memory");
         let free = self.model.range(start..start + len).next().is_none();
+        let frames0 = self.tables_in(start, len) + self.held(reserve.len());
         let res = self.pt.map(
             &mut self.pool,
             &mut reserve,
@@ -323,11 +354,12 @@ impl State {
             }
             Err(e) => panic!("valid map {start:#x}+{len:#x} refused: {e}"),
         }
+        let tables = self.check_pages(start, len);
+        self.check_moved(frames0, tables, reserve.len(), "map");
         if self.full_due() {
             self.check_frames(reserve.len());
         }
         reserve.release(&mut self.pool).expect("own frames");
-        self.check_pages(start, len);
     }
 
     fn range(&mut self, start: u64, len: u64, prot: Option<Attrs>) {
@@ -349,6 +381,7 @@ impl State {
         reserve
             .try_fill(&mut self.pool, bound.total())
             .expect("host memory");
+        let frames0 = self.tables_in(start, len) + self.held(reserve.len());
         let res: Result<Flush, RangeError> = match prot {
             None => self.pt.unmap(
                 &mut self.pool,
@@ -398,11 +431,12 @@ impl State {
                 }
             }
         }
+        let tables = self.check_pages(start, len);
+        self.check_moved(frames0, tables, reserve.len(), "unmap/protect");
         if self.full_due() {
             self.check_frames(reserve.len());
         }
         reserve.release(&mut self.pool).expect("own frames");
-        self.check_pages(start, len);
     }
 
     fn finish(mut self) {
@@ -437,11 +471,41 @@ pub fn leaves(
     root: PhysAddr,
     range: &std::ops::Range<u64>,
 ) -> Vec<(u64, u64, u64, Attrs)> {
-    let mut out = Vec::new();
-    descend(fmt, mem, root, fmt.start_level(), 0, range, &mut out);
-    out
+    descent(fmt, mem, root, range).0
 }
 
+/// [`leaves`], and the number of tables the descent went through (the root and every table
+/// whose span overlaps `range`).
+///
+/// # Panics
+///
+/// As [`leaves`].
+#[must_use]
+pub fn descent(
+    fmt: &Format,
+    mem: &VecPool,
+    root: PhysAddr,
+    range: &std::ops::Range<u64>,
+) -> (Vec<(u64, u64, u64, Attrs)>, usize) {
+    let mut out = Vec::new();
+    let mut tables = 0;
+    descend(
+        fmt,
+        mem,
+        root,
+        fmt.start_level(),
+        0,
+        range,
+        &mut out,
+        &mut tables,
+    );
+    (out, tables)
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the recursion's state, one call site"
+)]
 fn descend(
     fmt: &Format,
     mem: &VecPool,
@@ -450,8 +514,10 @@ fn descend(
     base: u64,
     r: &std::ops::Range<u64>,
     out: &mut Vec<(u64, u64, u64, Attrs)>,
+    tables: &mut usize,
 ) {
     use pagetable::{Desc, TableMemory};
+    *tables += 1;
     let (entries, _) = mem.frame(table).expect("table frame resolves");
     let size = fmt.entry_size(level);
     let span = size.saturating_mul(entries.len() as u64);
@@ -470,7 +536,7 @@ fn descend(
                     Level::L1 => Level::L2,
                     _ => Level::L3,
                 };
-                descend(fmt, mem, pa, next, va, r, out);
+                descend(fmt, mem, pa, next, va, r, out, tables);
             }
             Desc::Leaf { pa, attrs, size } => out.push((va, size, pa.as_u64(), attrs)),
             Desc::Reserved => panic!("a descriptor the format never writes at {va:#x}"),
