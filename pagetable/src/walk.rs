@@ -668,7 +668,13 @@ where
 
     fn new_table(&mut self, _: Level, _: u64) -> Result<PhysAddr, E> {
         let child = self.pop()?;
-        self.frame_mut(child)?.1.live = 0;
+        // Reserved frames hold anything (see `FrameAlloc`): a frame becomes an empty table here,
+        // while still unreachable, and the zeroes are published before the link to it.
+        let (ents, meta) = self.frame_mut(child)?;
+        ents.fill(Pte::INVALID);
+        meta.live = 0;
+        let n = ents.len();
+        self.hooks.written(child, 0..n);
         Ok(child)
     }
 

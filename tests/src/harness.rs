@@ -11,9 +11,12 @@
 //! bag of exactly the shortfall, `link_obtain` for a map of an object):
 //!
 //! 1. validation: the model's `check_range` decides; on an error every entry point (steps, the
-//!    `map`/`unmap` shorthands, walk, op list) returns that error and leaves everything unchanged
-//!    ([`State`]: mappings with payloads, generation, len, spare and claimed nodes, nodes taken,
-//!    links with counts, pins, flags, data and addresses, heights), without calling the visitor;
+//!    `map`/`unmap` shorthands, walk, op list) returns that error, without calling the visitor,
+//!    and leaves everything unchanged: the counters (generation, len, spare and claimed nodes,
+//!    nodes taken, heights, live links) after every request, the whole [`State`] (mappings with
+//!    payloads, links with counts, pins, flags, data and addresses) on the requests that run the
+//!    full comparisons; as the model does not change either, the next full comparison of 5. also
+//!    catches a refusal that changed a mapping;
 //! 2. the ops recorded by the walk *before* applying equal the op list's, equal the model's
 //!    decision-table ops, have `keep` iff same object and same offset delta, and applied to the
 //!    model give exactly the page-by-page next state;
@@ -362,18 +365,6 @@ pub enum Via {
     Trim(usize),
 }
 
-impl Via {
-    /// Whether this way of applying checks a refusal (which must leave the whole state as it
-    /// was, so the harness takes a full [`Snapshot`] first).
-    #[must_use]
-    pub fn may_refuse(self) -> bool {
-        matches!(
-            self,
-            Via::NoPin | Via::Short(_) | Via::Plan | Via::SinkFail(_)
-        )
-    }
-}
-
 /// One request for [`Harness::run`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Req {
@@ -603,41 +594,77 @@ impl<D: Clone, L: Clone> State<D, L> {
     /// Takes a snapshot of `vm`.
     #[must_use]
     pub fn of<P: NodePtr<D, L>>(vm: &GpuVm<D, P, L>) -> Self {
+        let mut mappings = Vec::with_capacity(vm.len());
+        mappings.extend(vm.iter().map(|v| (v.mapping(), v.data().clone())));
         Self {
-            mappings: vm.iter().map(|v| (v.mapping(), v.data().clone())).collect(),
+            mappings,
             generation: vm.generation(),
             len: vm.len(),
             spare: vm.spare_nodes(),
             claimed: vm.claimed_nodes(),
             taken: vm.nodes_taken(),
-            links: vm
-                .links()
-                .map(|l| LinkView {
-                    obj: l.obj(),
-                    mappings: l.mappings(),
-                    pins: l.pins(),
-                    external: l.is_external(),
-                    evicted: l.is_evicted(),
-                    data: l.data().clone(),
-                    addrs: vm.link_addrs(l.obj()).collect(),
-                })
-                .collect(),
+            links: Self::links_of(vm),
             heights: vm.heights(),
         }
+    }
+
+    /// The `links` part of [`State::of`] alone.
+    #[must_use]
+    pub fn links_of<P: NodePtr<D, L>>(vm: &GpuVm<D, P, L>) -> Vec<LinkView<L>> {
+        vm.links()
+            .map(|l| LinkView {
+                obj: l.obj(),
+                mappings: l.mappings(),
+                pins: l.pins(),
+                external: l.is_external(),
+                evicted: l.is_evicted(),
+                data: l.data().clone(),
+                addrs: vm.link_addrs(l.obj()).collect(),
+            })
+            .collect()
     }
 }
 
 /// The harness's snapshot type.
 pub type Snapshot = State<u64, u64>;
 
-/// What the harness keeps of the VA space before a request: its generation and length always,
-/// the whole [`Snapshot`] only when a check needs it (a refusal to prove harmless, the full
-/// comparison of the pages outside the request).
+/// What the harness keeps of the VA space before a request: its counters always (generation,
+/// length, spare cache, claims, nodes taken, heights, live links), the whole [`Snapshot`] only
+/// when the full comparisons are due. A refusal is proven harmless by the counters after every
+/// request, and by the whole snapshot (and the next tree-vs-model comparison, since the model
+/// does not change on a refusal) every `full_every`-th.
 #[derive(Clone, Debug)]
 struct Before {
     generation: u64,
     len: usize,
+    counters: Counters,
     snap: Option<Snapshot>,
+}
+
+/// The counters of a VA space, cheap to take: see [`Before`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Counters {
+    generation: u64,
+    len: usize,
+    spare: usize,
+    claimed: usize,
+    taken: u64,
+    heights: [usize; 3],
+    links: usize,
+}
+
+impl Counters {
+    fn of(vm: &Vm) -> Self {
+        Self {
+            generation: vm.generation(),
+            len: vm.len(),
+            spare: vm.spare_nodes(),
+            claimed: vm.claimed_nodes(),
+            taken: vm.nodes_taken(),
+            heights: vm.heights(),
+            links: vm.links().count(),
+        }
+    }
 }
 
 impl Before {
@@ -645,6 +672,7 @@ impl Before {
         Self {
             generation: vm.generation(),
             len: vm.len(),
+            counters: Counters::of(vm),
             snap: full.then(|| Snapshot::of(vm)),
         }
     }
@@ -653,6 +681,14 @@ impl Before {
         self.snap
             .as_ref()
             .expect("the harness takes a snapshot before every request that needs one")
+    }
+
+    /// `vm` is as it was: its counters, and the whole snapshot when one was taken.
+    fn assert_unchanged(&self, vm: &Vm, what: &dyn fmt::Display) {
+        assert_eq!(Counters::of(vm), self.counters, "{what} changed a counter");
+        if let Some(snap) = &self.snap {
+            assert_eq!(&Snapshot::of(vm), snap, "{what} changed something");
+        }
     }
 }
 
@@ -894,13 +930,15 @@ impl Harness {
 
     /// Mappings per object in the model.
     fn model_counts(&self) -> BTreeMap<u64, u64> {
-        let mut c = BTreeMap::new();
-        for (m, _) in self.model.mappings() {
-            if let Some(o) = m.obj {
-                *c.entry(o.get()).or_insert(0) += 1;
+        self.model.with_mappings(|ms| {
+            let mut c = BTreeMap::new();
+            for (m, _) in ms {
+                if let Some(o) = m.obj {
+                    *c.entry(o.get()).or_insert(0) += 1;
+                }
             }
-        }
-        c
+            c
+        })
     }
 
     /// Pins `obj`'s link out of `claim` (creating it with a fresh payload), checking the node
@@ -1096,10 +1134,7 @@ impl Harness {
         }
 
         let range = self.model.check_range(addr, len);
-        let before = Before::of(
-            &self.vm,
-            range.is_err() || self.full_due() || req.via.may_refuse(),
-        );
+        let before = Before::of(&self.vm, self.full_due());
         let walk = self.walk(&req.kind);
         let list = self.op_list(&req.kind);
         let applied = match range {
@@ -1107,7 +1142,7 @@ impl Harness {
                 assert_eq!(walk, Err(OpsError::Range(e)), "walk of invalid {req:?}");
                 assert_eq!(list.err(), Some(OpsError::Range(e)), "ops of {req:?}");
                 assert_eq!(self.vm.check_range(addr, len), Err(e));
-                self.run_invalid(req, e, map_id, &mut claim, before.snap());
+                self.run_invalid(req, e, map_id, &mut claim, &before);
                 self.stats.range_errors[range_error_index(e)] += 1;
                 None
             }
@@ -1167,7 +1202,7 @@ impl Harness {
         e: RangeError,
         map_id: u64,
         claim: &mut Claim,
-        before: &Snapshot,
+        before: &Before,
     ) {
         let left = claim.nodes();
         let mut rec = Recorder::new(map_id);
@@ -1185,11 +1220,7 @@ impl Harness {
             .into();
         assert_eq!(got, Outcome::Range(e), "{req:?}");
         assert_eq!(claim.nodes(), left, "claim used by invalid {req:?}");
-        assert_eq!(
-            &Snapshot::of(&self.vm),
-            before,
-            "invalid {req:?} changed something"
-        );
+        before.assert_unchanged(&self.vm, &format_args!("invalid {req:?}"));
         assert!(rec.removed.is_empty());
     }
 
@@ -1376,11 +1407,7 @@ impl Harness {
             assert_eq!(got, want, "{req:?}");
             assert_eq!(rec.calls, 0, "visitor called for refused {req:?}");
             assert_eq!(claim.nodes(), left, "claim used by refused {req:?}");
-            assert_eq!(
-                &Snapshot::of(&h.vm),
-                before.snap(),
-                "refused {req:?} changed something"
-            );
+            before.assert_unchanged(&h.vm, &format_args!("refused {req:?}"));
         };
         if let Some(obj) = no_link {
             // Only reachable without a pin: a map of an object with no link is refused.
@@ -1428,7 +1455,7 @@ impl Harness {
             | Via::LinkOp(_)
             | Via::Trim(_) => {
                 if let Via::SinkFail(k) = req.via {
-                    self.check_sink_fail(&req.kind, ops, k, before.snap());
+                    self.check_sink_fail(&req.kind, ops, k, before);
                 }
                 let got: Outcome = self.vm.step(request, claim, &mut rec).into();
                 assert_eq!(got, Outcome::Ok, "{req:?}");
@@ -1548,7 +1575,7 @@ impl Harness {
     }
 
     /// Walking into a sink that fails at op `k` returns the sink's error after exactly `k` ops.
-    fn check_sink_fail(&mut self, kind: &Kind, ops: &[Op], k: usize, before: &Snapshot) {
+    fn check_sink_fail(&mut self, kind: &Kind, ops: &[Op], k: usize, before: &Before) {
         let mut seen = Vec::new();
         let sink = |op| {
             if seen.len() == k {
@@ -1565,7 +1592,7 @@ impl Harness {
             assert!(got.is_ok());
         }
         assert_eq!(seen.as_slice(), &ops[..k.min(ops.len())]);
-        assert_eq!(&Snapshot::of(&self.vm), before);
+        before.assert_unchanged(&self.vm, &"a failing sink");
     }
 
     /// Re-applying a list after the request ran: stale iff the request changed the tree.
@@ -1716,7 +1743,7 @@ impl Harness {
                 }
             })
             .collect();
-        let got = Snapshot::of(&self.vm).links;
+        let got = Snapshot::links_of(&self.vm);
         assert_eq!(got, want, "links != model");
         let ext: Vec<ObjId> = want.iter().filter(|l| l.external).map(|l| l.obj).collect();
         let evi: Vec<ObjId> = want.iter().filter(|l| l.evicted).map(|l| l.obj).collect();
@@ -1871,9 +1898,9 @@ impl Harness {
         let now = Model::from_mappings(self.model.space(), self.model.reserved(), page, &now_list)
             .expect("the tree is valid");
         let inside = r.start / page..r.end / page;
-        for p in old.pages().keys().chain(now.pages().keys()) {
-            let (o, n) = (old.pages().get(p), now.pages().get(p));
-            if !inside.contains(p) {
+        for p in old.pages().chain(now.pages()).map(|(p, _)| p) {
+            let (o, n) = (old.page_at(p), now.page_at(p));
+            if !inside.contains(&p) {
                 assert_eq!(o, n, "page {p:#x} outside {req:?} changed");
             } else if complete {
                 let want = match req.kind {

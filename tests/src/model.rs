@@ -1,7 +1,8 @@
 //! A page-granular reference model of a `gpuva` VA space (`docs/semantics.md` in the repository).
 //!
-//! The model stores one entry per mapped page: which mapping (`id`) the page belongs to and what it
-//! translates to (object, object offset of that page, flags). It knows nothing about trees, splits
+//! The model stores one entry per page of the space (a dense array: the spaces it models are a few
+//! hundred pages): which mapping (`id`) a mapped page belongs to and what it translates to (object,
+//! object offset of that page, flags). It knows nothing about trees, splits
 //! or ops; a map request simply overwrites the pages it covers, an unmap deletes them. Mapping
 //! boundaries fall out of the page map as maximal runs of consecutive pages with the same `id` and a
 //! continuous offset, which is exactly drm_gpuvm's result: the request becomes one mapping, the parts
@@ -21,7 +22,6 @@
 //! Ids double as the driver payload: a map request's new mapping gets a fresh id, split pieces keep
 //! the id (payload) of the mapping they came from, as `OpRemap::remap` clones it.
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 
 use gpuva::{Mapping, ObjId, Op, RangeError, Repeat, VaFlags};
@@ -59,11 +59,18 @@ pub struct Model {
     page: u64,
     /// Alignment requests must have (1: any).
     granule: u64,
-    /// Page index (`addr / page`) to page.
-    pages: BTreeMap<u64, Page>,
+    /// The pages of the space, dense: entry `i` is page index (`addr / page`) `base + i`.
+    pages: Vec<Option<Page>>,
+    /// Page index of the space's first page.
+    base: u64,
+    /// How many entries of `pages` are mapped.
+    mapped: usize,
     /// [`Model::mappings`] of the current pages, once computed (cleared by every change).
     cache: MappingsCache,
 }
+
+/// Pages a [`Model`] can hold (it is dense).
+pub const MAX_PAGES: u64 = 1 << 16;
 
 /// A memo of [`Model::mappings`]; invisible to equality.
 #[derive(Clone, Debug, Default)]
@@ -83,19 +90,27 @@ impl Model {
     ///
     /// # Panics
     ///
-    /// If `page` is zero, or `space` or `reserved` is not page-aligned (a bug in the test).
+    /// If `page` is zero, `space` or `reserved` is not page-aligned, or `space` has more than
+    /// [`MAX_PAGES`] pages (a bug in the test).
     #[must_use]
     pub fn new(space: Range<u64>, reserved: Range<u64>, page: u64) -> Self {
         assert!(page > 0, "page size must be non-zero");
         for a in [space.start, space.end, reserved.start, reserved.end] {
             assert_eq!(a % page, 0, "model geometry must be page-aligned");
         }
+        let n = (space.end.saturating_sub(space.start)) / page;
+        assert!(
+            n <= MAX_PAGES,
+            "the dense model holds at most {MAX_PAGES} pages"
+        );
         Self {
+            base: space.start / page,
+            pages: vec![None; usize::try_from(n).expect("checked above")],
+            mapped: 0,
             space,
             reserved,
             page,
             granule: 1,
-            pages: BTreeMap::new(),
             cache: MappingsCache::default(),
         }
     }
@@ -124,7 +139,7 @@ impl Model {
         for (va, id) in mappings {
             m.check_mapping(va)?;
             for p in m.page_indices(va.range()) {
-                if m.pages.contains_key(&p) {
+                if m.get(p).is_some() {
                     return Err(format!("{va:?} overlaps another mapping at page {p:#x}"));
                 }
             }
@@ -151,22 +166,63 @@ impl Model {
         self.reserved.clone()
     }
 
-    /// The mapped pages, by page index.
-    #[must_use]
-    pub fn pages(&self) -> &BTreeMap<u64, Page> {
-        &self.pages
+    /// The mapped pages, by ascending page index.
+    pub fn pages(&self) -> impl Iterator<Item = (u64, &Page)> + '_ {
+        self.pages
+            .iter()
+            .zip(self.base..)
+            .filter_map(|(page, p)| Some((p, page.as_ref()?)))
     }
 
     /// Whether nothing is mapped.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.pages.is_empty()
+        self.mapped == 0
     }
 
     /// The page containing `addr`, if mapped.
     #[must_use]
     pub fn translation(&self, addr: u64) -> Option<Page> {
-        self.pages.get(&(addr / self.page)).copied()
+        self.get(addr / self.page).copied()
+    }
+
+    /// Page index `p` (`addr / page`), if mapped.
+    #[must_use]
+    pub fn page_at(&self, p: u64) -> Option<&Page> {
+        self.get(p)
+    }
+
+    /// The slot of page index `p`, if it is in the space.
+    fn slot(&self, p: u64) -> Option<usize> {
+        usize::try_from(p.checked_sub(self.base)?)
+            .ok()
+            .filter(|&i| i < self.pages.len())
+    }
+
+    /// Page index `p`, if mapped.
+    fn get(&self, p: u64) -> Option<&Page> {
+        self.pages[self.slot(p)?].as_ref()
+    }
+
+    /// The mapped pages with an index in `r`, ascending.
+    fn range(&self, r: Range<u64>) -> impl Iterator<Item = (u64, &Page)> + '_ {
+        let len = self.pages.len();
+        let clamp =
+            |a: u64| usize::try_from(a.saturating_sub(self.base)).map_or(len, |i| i.min(len));
+        let lo = clamp(r.start);
+        let hi = clamp(r.end).max(lo);
+        let first = self.base + u64::try_from(lo).expect("a slot index fits in u64");
+        self.pages[lo..hi]
+            .iter()
+            .zip(first..)
+            .filter_map(|(page, p)| Some((p, page.as_ref()?)))
+    }
+
+    /// Sets page index `p` (inside the space) to `page`.
+    fn set(&mut self, p: u64, page: Option<Page>) {
+        let i = self.slot(p).expect("page inside the modelled space");
+        let was = core::mem::replace(&mut self.pages[i], page).is_some();
+        self.mapped = self.mapped + usize::from(page.is_some()) - usize::from(was);
     }
 
     /// `drm_gpuvm_range_valid` plus the zero-size and granule rules, written from the documented
@@ -231,15 +287,15 @@ impl Model {
         for p in self.page_indices(m.range()) {
             // A repeat mapping reads window start + (phase + k) mod period, k units in.
             let offset = m.offset_after(p * self.page - m.addr);
-            self.pages.insert(
+            self.set(
                 p,
-                Page {
+                Some(Page {
                     id,
                     obj: m.obj,
                     offset,
                     flags: m.flags,
                     repeat: m.repeat,
-                },
+                }),
             );
         }
     }
@@ -248,8 +304,10 @@ impl Model {
     pub fn unmap(&mut self, r: Range<u64>) {
         let idx = self.page_indices(r);
         self.cache.0.get_mut().take();
-        while let Some((&p, _)) = self.pages.range(idx.clone()).next() {
-            self.pages.remove(&p);
+        for p in idx {
+            if self.get(p).is_some() {
+                self.set(p, None);
+            }
         }
     }
 
@@ -257,16 +315,20 @@ impl Model {
     /// same id, object, flags and a continuous offset.
     #[must_use]
     pub fn mappings(&self) -> Vec<(Mapping, u64)> {
-        if let Some(m) = self.cache.0.borrow().as_ref() {
-            return m.clone();
+        self.with_mappings(<[_]>::to_vec)
+    }
+
+    /// `f` of [`Model::mappings`], without copying them.
+    pub fn with_mappings<R>(&self, f: impl FnOnce(&[(Mapping, u64)]) -> R) -> R {
+        if self.cache.0.borrow().is_none() {
+            let out = self.compute_mappings();
+            *self.cache.0.borrow_mut() = Some(out);
         }
-        let out = self.compute_mappings();
-        *self.cache.0.borrow_mut() = Some(out.clone());
-        out
+        f(self.cache.0.borrow().as_deref().unwrap_or_default())
     }
 
     fn compute_mappings(&self) -> Vec<(Mapping, u64)> {
-        self.runs(self.pages.iter())
+        self.runs(self.pages())
     }
 
     /// Whether page `q` (index `qi`) continues the run (mapping) of page `p` (index `pi`).
@@ -283,10 +345,10 @@ impl Model {
     }
 
     /// The maximal runs of `pages` (ascending), as mappings with their ids.
-    fn runs<'a>(&self, pages: impl Iterator<Item = (&'a u64, &'a Page)>) -> Vec<(Mapping, u64)> {
+    fn runs<'a>(&self, pages: impl Iterator<Item = (u64, &'a Page)>) -> Vec<(Mapping, u64)> {
         let mut out: Vec<(Mapping, u64)> = Vec::new();
         let mut last: Option<(u64, &Page)> = None;
-        for (&p, page) in pages {
+        for (p, page) in pages {
             let extends = last.is_some_and(|l| self.continues(l, (p, page)));
             match out.last_mut() {
                 Some((m, _)) if extends => m.len += self.page,
@@ -309,22 +371,22 @@ impl Model {
         if start >= end {
             return start..start;
         }
-        if let Some((&i, mut p)) = self.pages.get_key_value(&start) {
-            start = i;
-            while let Some((&h, q)) = self.pages.range(..start).next_back() {
-                if !self.continues((h, q), (start, p)) {
-                    break;
+        // A run continues only into the adjacent page.
+        if let Some(mut p) = self.get(start) {
+            while let Some(h) = start.checked_sub(1) {
+                match self.get(h) {
+                    Some(q) if self.continues((h, q), (start, p)) => (start, p) = (h, q),
+                    _ => break,
                 }
-                (start, p) = (h, q);
             }
         }
-        if let Some((&i, mut p)) = self.pages.get_key_value(&(end - 1)) {
-            let mut last = i;
-            while let Some((&j, q)) = self.pages.range(last + 1..).next() {
-                if !self.continues((last, p), (j, q)) {
-                    break;
+        if let Some(mut p) = self.get(end - 1) {
+            let mut last = end - 1;
+            while let Some(j) = last.checked_add(1) {
+                match self.get(j) {
+                    Some(q) if self.continues((last, p), (j, q)) => (last, p) = (j, q),
+                    _ => break,
                 }
-                (last, p) = (j, q);
             }
             end = last + 1;
         }
@@ -335,22 +397,23 @@ impl Model {
     /// as filtering [`Model::mappings`], at the cost of `r` and the mappings at its ends only.
     #[must_use]
     pub fn mappings_in(&self, r: &Range<u64>) -> Vec<(Mapping, u64)> {
-        self.runs(self.pages.range(self.widen(r)))
+        self.runs(self.range(self.widen(r)))
     }
 
     /// The pages of `r` (page-aligned), to put back with [`Model::restore`].
     #[must_use]
     pub fn pages_in(&self, r: &Range<u64>) -> Vec<(u64, Page)> {
-        self.pages
-            .range(self.page_indices(r.clone()))
-            .map(|(p, page)| (*p, *page))
+        self.range(self.page_indices(r.clone()))
+            .map(|(p, page)| (p, *page))
             .collect()
     }
 
     /// Replaces the pages of `r` by `saved` (from [`Model::pages_in`] of the same range).
     pub fn restore(&mut self, r: &Range<u64>, saved: &[(u64, Page)]) {
         self.unmap(r.clone());
-        self.pages.extend(saved.iter().copied());
+        for &(p, page) in saved {
+            self.set(p, Some(page));
+        }
     }
 
     /// drm_gpuvm's decision for one overlapped mapping `v` (the decision table). `req` is `None` for unmap.
@@ -422,7 +485,8 @@ impl Model {
         if idx.is_empty() {
             return None;
         }
-        let (&first, p0) = self.pages.get_key_value(&idx.start)?;
+        let first = idx.start;
+        let p0 = self.get(first)?;
         let want = Mapping::new(first * self.page, self.page, p0.obj, p0.offset)
             .with_flags(p0.flags)
             .with_repeat(p0.repeat);
@@ -434,23 +498,23 @@ impl Model {
         {
             return None;
         }
-        if let Some((&h, q)) = self.pages.range(..first).next_back() {
-            if self.continues((h, q), (first, p0)) {
+        if let Some(h) = first.checked_sub(1) {
+            if self
+                .get(h)
+                .is_some_and(|q| self.continues((h, q), (first, p0)))
+            {
                 return None;
             }
         }
         let mut last = (first, p0);
-        for (&i, p) in self.pages.range(idx.start + 1..idx.end) {
-            if !self.continues(last, (i, p)) {
-                return None;
+        for i in idx.start + 1..idx.end {
+            match self.get(i) {
+                Some(p) if self.continues(last, (i, p)) => last = (i, p),
+                _ => return None,
             }
-            last = (i, p);
         }
-        if last.0 + 1 != idx.end {
-            return None;
-        }
-        if let Some((&j, q)) = self.pages.range(idx.end..).next() {
-            if self.continues(last, (j, q)) {
+        if let Some(q) = self.get(idx.end) {
+            if self.continues(last, (idx.end, q)) {
                 return None;
             }
         }
@@ -482,10 +546,9 @@ impl Model {
             Op::Map(m) => {
                 self.check_mapping(m)?;
                 if let Some(p) = self
-                    .pages
                     .range(self.page_indices(m.range()))
                     .next()
-                    .map(|(p, _)| *p)
+                    .map(|(p, _)| p)
                 {
                     return Err(format!("Map({m:?}) lands on mapped page {p:#x}"));
                 }
@@ -508,8 +571,7 @@ impl Model {
                 if prev.is_none() && next.is_none() {
                     return Err(format!("Remap of {unmap:?} without pieces"));
                 }
-                let before: BTreeMap<u64, Page> =
-                    self.pages_in(&unmap.range()).into_iter().collect();
+                let before = self.pages_in(&unmap.range());
                 let id = self.remove_exact(unmap)?;
                 let mut hole = unmap.range();
                 for (piece, is_prev) in [(prev, true), (next, false)] {
@@ -530,7 +592,10 @@ impl Model {
                     }
                     // The piece must translate exactly as the old mapping did.
                     for p in self.page_indices(piece.range()) {
-                        let want = before.get(&p).map(Page::translation);
+                        let want = before
+                            .binary_search_by_key(&p, |&(q, _)| q)
+                            .ok()
+                            .map(|i| before[i].1.translation());
                         let got = piece.offset_after(p * self.page - piece.addr);
                         if want != Some((piece.obj, got, piece.flags)) {
                             return Err(format!(

@@ -21,8 +21,6 @@
 //! `[kind, start_lo, start_hi, len, backing, pa, attrs, extra]`; a trailing partial request is
 //! ignored, and at most [`MAX_REQUESTS`] are run.
 
-use std::collections::BTreeMap;
-
 use pagetable::{
     lock_range, map_bound, unmap_bound, Attrs, Chunk, Flush, Format, Granule, JobOp, Level,
     MapError, MemType, PageTable, PhysAddr, RangeError, RegionLocked, Reserve, Shareability,
@@ -87,13 +85,85 @@ fn attrs(b: u8) -> Attrs {
     }
 }
 
+/// The model: what each page of the VA window translates to, `(page PA, attrs)`, dense (one slot
+/// per page of the window).
+struct PageModel {
+    base: u64,
+    page: u64,
+    slots: Vec<Option<(u64, Attrs)>>,
+    mapped: usize,
+}
+
+impl PageModel {
+    fn new(base: u64, page: u64) -> Self {
+        Self {
+            base,
+            page,
+            slots: vec![None; usize::try_from(WINDOW_PAGES).expect("window fits")],
+            mapped: 0,
+        }
+    }
+
+    /// The slots of the pages whose VA lies in `r`.
+    fn slots_in(&self, r: &std::ops::Range<u64>) -> std::ops::Range<usize> {
+        let n = self.slots.len();
+        let idx = |a: u64| {
+            let i = a.saturating_sub(self.base).div_ceil(self.page);
+            usize::try_from(i).map_or(n, |i| i.min(n))
+        };
+        let lo = idx(r.start);
+        lo..idx(r.end).max(lo)
+    }
+
+    /// The mapped pages with a VA in `r`, ascending: `(va, (pa, attrs))`.
+    fn range(&self, r: std::ops::Range<u64>) -> impl Iterator<Item = (u64, (u64, Attrs))> + '_ {
+        let s = self.slots_in(&r);
+        let first = u64::try_from(s.start).expect("a slot index fits in u64");
+        self.slots[s]
+            .iter()
+            .zip(first..)
+            .filter_map(|(v, i)| Some((self.base + i * self.page, (*v)?)))
+    }
+
+    fn contains(&self, va: u64) -> bool {
+        self.range(va..va + 1).next().is_some_and(|(k, _)| k == va)
+    }
+
+    /// Maps the page at `va` (inside the window).
+    fn insert(&mut self, va: u64, v: (u64, Attrs)) {
+        let i = self.slots_in(&(va..va + 1)).start;
+        let slot = self.slots.get_mut(i).expect("page inside the window");
+        self.mapped += usize::from(slot.is_none());
+        *slot = Some(v);
+    }
+
+    /// Replaces every mapped page with a VA in `r` by `f` of it.
+    fn update(
+        &mut self,
+        r: std::ops::Range<u64>,
+        f: impl Fn((u64, Attrs)) -> Option<(u64, Attrs)>,
+    ) {
+        let s = self.slots_in(&r);
+        for slot in &mut self.slots[s] {
+            if let Some(v) = *slot {
+                *slot = f(v);
+                self.mapped -= usize::from(slot.is_none());
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.mapped == 0
+    }
+}
+
 struct State {
     fmt: Format,
     base: u64,
     pool: VecPool,
     pt: PageTable,
     /// page VA -> (page PA, attrs)
-    model: BTreeMap<u64, (u64, Attrs)>,
+    model: PageModel,
     /// The current job's flush, and jobs whose invalidation is in flight.
     flush: Flush,
     pending: Vec<Flush>,
@@ -112,7 +182,7 @@ impl State {
             base,
             pool,
             pt,
-            model: BTreeMap::new(),
+            model: PageModel::new(base, fmt.page_size()),
             flush: Flush::default(),
             pending: Vec::new(),
             requests: 0,
@@ -158,7 +228,7 @@ impl State {
             let mut p = from - (from - va) % page;
             while p < to {
                 let got = (p, (pa + (p - va), attrs));
-                let w = want.next().map(|(k, v)| (*k, *v));
+                let w = want.next();
                 assert_eq!(Some(got), w, "pages of {start:#x}+{len:#x}");
                 p += page;
             }
@@ -173,7 +243,7 @@ impl State {
 
     /// The tables a descent over `[start, start + len)` goes through.
     fn tables_in(&self, start: u64, len: u64) -> usize {
-        descent(&self.fmt, &self.pool, self.pt.root(), &(start..start + len)).1
+        tables_over(&self.fmt, &self.pool, self.pt.root(), &(start..start + len))
     }
 
     /// Frames held outside the tables: `reserved` in the request's reserve, and the retired ones.
@@ -343,7 +413,7 @@ impl State {
             Err(MapError::AlreadyMapped { va }) => {
                 assert!(!free, "AlreadyMapped on a free range");
                 assert!(
-                    self.model.contains_key(&va.as_u64()),
+                    self.model.contains(va.as_u64()),
                     "AlreadyMapped names a mapped page"
                 );
                 assert_eq!(
@@ -400,7 +470,7 @@ impl State {
             ),
         };
         let f = res.unwrap_or_else(|e| panic!("valid range op {start:#x}+{len:#x} refused: {e}"));
-        let had = self.model.range(start..start + len).next().map(|(k, _)| *k);
+        let had = self.model.range(start..start + len).next().map(|(k, _)| k);
         if let Some(c) = f.changed() {
             assert!(
                 lock.start <= c.start && c.end <= lock.end,
@@ -416,20 +486,11 @@ impl State {
         self.absorb(f);
         match prot {
             None => {
-                let gone: Vec<u64> = self
-                    .model
-                    .range(start..start + len)
-                    .map(|(k, _)| *k)
-                    .collect();
-                for k in gone {
-                    self.model.remove(&k);
-                }
+                self.model.update(start..start + len, |_| None);
             }
-            Some(a) => {
-                for (_, v) in self.model.range_mut(start..start + len) {
-                    v.1 = a;
-                }
-            }
+            Some(a) => self
+                .model
+                .update(start..start + len, |(pa, _)| Some((pa, a))),
         }
         let tables = self.check_pages(start, len);
         self.check_moved(frames0, tables, reserve.len(), "unmap/protect");
@@ -489,6 +550,24 @@ pub fn descent(
 ) -> (Vec<(u64, u64, u64, Attrs)>, usize) {
     let mut out = Vec::new();
     let mut tables = 0;
+    let top = fmt.start_level();
+    descend(fmt, mem, root, top, 0, range, Some(&mut out), &mut tables);
+    (out, tables)
+}
+
+/// The number of tables [`descent`] goes through, without decoding the last level's entries.
+///
+/// # Panics
+///
+/// As [`leaves`].
+#[must_use]
+pub fn tables_over(
+    fmt: &Format,
+    mem: &VecPool,
+    root: PhysAddr,
+    range: &std::ops::Range<u64>,
+) -> usize {
+    let mut tables = 0;
     descend(
         fmt,
         mem,
@@ -496,10 +575,10 @@ pub fn descent(
         fmt.start_level(),
         0,
         range,
-        &mut out,
+        None,
         &mut tables,
     );
-    (out, tables)
+    tables
 }
 
 #[expect(
@@ -513,11 +592,15 @@ fn descend(
     level: Level,
     base: u64,
     r: &std::ops::Range<u64>,
-    out: &mut Vec<(u64, u64, u64, Attrs)>,
+    mut out: Option<&mut Vec<(u64, u64, u64, Attrs)>>,
     tables: &mut usize,
 ) {
     use pagetable::{Desc, TableMemory};
     *tables += 1;
+    if out.is_none() && level == Level::L3 {
+        // Counting tables only: the last level has none below it.
+        return;
+    }
     let (entries, _) = mem.frame(table).expect("table frame resolves");
     let size = fmt.entry_size(level);
     let span = size.saturating_mul(entries.len() as u64);
@@ -528,6 +611,9 @@ fn descend(
     for i in (lo - base) / size..=(hi - 1 - base) / size {
         let va = base + i * size;
         let pte = entries[usize::try_from(i).expect("index fits")];
+        if !pte.is_valid() {
+            continue;
+        }
         match fmt.decode(level, pte) {
             Desc::Invalid => {}
             Desc::Table { pa } => {
@@ -536,9 +622,13 @@ fn descend(
                     Level::L1 => Level::L2,
                     _ => Level::L3,
                 };
-                descend(fmt, mem, pa, next, va, r, out, tables);
+                descend(fmt, mem, pa, next, va, r, out.as_deref_mut(), tables);
             }
-            Desc::Leaf { pa, attrs, size } => out.push((va, size, pa.as_u64(), attrs)),
+            Desc::Leaf { pa, attrs, size } => {
+                if let Some(out) = out.as_deref_mut() {
+                    out.push((va, size, pa.as_u64(), attrs));
+                }
+            }
             Desc::Reserved => panic!("a descriptor the format never writes at {va:#x}"),
         }
     }
