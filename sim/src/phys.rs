@@ -3,7 +3,7 @@
 //! be backed by 2 MiB blocks, 64 KiB chunks or scattered pages), and the data words GPU jobs
 //! write.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use pagetable::{
     AllocError, FrameAlloc, FrameMeta, FreeError, Granule, PhysAddr, Pte, TableMemory,
@@ -79,6 +79,12 @@ impl Phys {
             data: BTreeMap::new(),
             stats: PhysStats::default(),
         }
+    }
+
+    /// Address of the first frame.
+    #[must_use]
+    pub fn base(&self) -> u64 {
+        self.base
     }
 
     /// Total frames.
@@ -228,7 +234,13 @@ struct TableFrame {
 pub struct TablePool {
     phys: std::rc::Rc<std::cell::RefCell<Phys>>,
     vm: u32,
-    frames: HashMap<u64, TableFrame>,
+    /// Address of the physical memory's first frame.
+    base: u64,
+    /// The frames, indexed by frame number from `base` (grown to the highest frame held): a
+    /// walk reads one frame per level, so a lookup is an index, not a hash.
+    frames: Vec<Option<TableFrame>>,
+    /// Frames held (the `Some`s of `frames`).
+    held: usize,
     /// Counters.
     pub stats: PoolStats,
 }
@@ -237,7 +249,7 @@ impl std::fmt::Debug for TablePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TablePool")
             .field("vm", &self.vm)
-            .field("frames", &self.frames.len())
+            .field("frames", &self.held)
             .finish_non_exhaustive()
     }
 }
@@ -246,24 +258,40 @@ impl TablePool {
     /// A pool for VM `vm` over `phys`.
     #[must_use]
     pub fn new(phys: std::rc::Rc<std::cell::RefCell<Phys>>, vm: u32) -> Self {
+        let base = phys.borrow().base();
         Self {
             phys,
             vm,
-            frames: HashMap::new(),
+            base,
+            frames: Vec::new(),
+            held: 0,
             stats: PoolStats::default(),
         }
+    }
+
+    /// The slot of the frame at `pa` (`None` below `base` or off a frame boundary).
+    fn slot(&self, pa: u64) -> Option<usize> {
+        let off = pa.checked_sub(self.base)?;
+        if off % FRAME != 0 {
+            return None;
+        }
+        usize::try_from(off / FRAME).ok()
+    }
+
+    fn get(&self, pa: u64) -> Option<&TableFrame> {
+        self.frames.get(self.slot(pa)?)?.as_ref()
     }
 
     /// Table frames held now (live, retired or reserved).
     #[must_use]
     pub fn held(&self) -> usize {
-        self.frames.len()
+        self.held
     }
 
     /// The raw descriptors of the frame at `pa`, as the GPU reads them.
     #[must_use]
     pub fn raw(&self, pa: u64) -> Option<&[Pte]> {
-        self.frames.get(&pa).map(|f| f.entries.as_slice())
+        self.get(pa).map(|f| f.entries.as_slice())
     }
 }
 
@@ -273,14 +301,15 @@ impl TableMemory for TablePool {
     }
 
     fn frame(&self, pa: PhysAddr) -> Option<(&[Pte], &FrameMeta)> {
-        self.frames
-            .get(&pa.as_u64())
+        self.get(pa.as_u64())
             .map(|f| (f.entries.as_slice(), &f.meta))
     }
 
     fn frame_mut(&mut self, pa: PhysAddr) -> Option<(&mut [Pte], &mut FrameMeta)> {
+        let i = self.slot(pa.as_u64())?;
         self.frames
-            .get_mut(&pa.as_u64())
+            .get_mut(i)?
+            .as_mut()
             .map(|f| (f.entries.as_mut_slice(), &mut f.meta))
     }
 }
@@ -292,21 +321,30 @@ impl FrameAlloc for TablePool {
             .borrow_mut()
             .alloc_run(1, Owner::Table { vm: self.vm })
             .ok_or(AllocError::OutOfFrames)?;
-        self.frames.insert(
-            pa,
-            TableFrame {
-                entries: vec![Pte::INVALID; 512],
-                meta: FrameMeta::default(),
-            },
-        );
+        // The allocator hands out frames of its memory, so the slot exists.
+        let i = self.slot(pa).ok_or(AllocError::OutOfFrames)?;
+        if self.frames.len() <= i {
+            self.frames.resize_with(i + 1, || None);
+        }
+        let frame = TableFrame {
+            entries: vec![Pte::INVALID; 512],
+            meta: FrameMeta::default(),
+        };
+        if self.frames[i].replace(frame).is_none() {
+            self.held += 1;
+        }
         self.stats.allocated += 1;
         Ok(PhysAddr::new(pa))
     }
 
     fn free_frame(&mut self, pa: PhysAddr) -> Result<(), FreeError> {
-        if self.frames.remove(&pa.as_u64()).is_none() {
+        let held = self
+            .slot(pa.as_u64())
+            .and_then(|i| self.frames.get_mut(i)?.take());
+        if held.is_none() {
             return Err(FreeError::Foreign { pa });
         }
+        self.held -= 1;
         let mut phys = self.phys.borrow_mut();
         if phys.was_written(pa.as_u64()) {
             self.stats.retired += 1;
