@@ -464,6 +464,65 @@ impl PageTable {
         }
     }
 
+    /// Like [`PageTable::walk`], but a hole runs on over the invalid entries that follow it in
+    /// the same table (up to `end`): `Ok(Err(next))` where `next` is the first VA at or after
+    /// `va` that may be mapped, so [`Leaves`] reads each table once per stretch of holes
+    /// instead of walking from the root once per invalid entry. What it finds at `next` (a
+    /// leaf, a table to descend into, a broken entry) is what a walk of `next` finds.
+    fn walk_next<M: TableMemory + ?Sized>(
+        &self,
+        mem: &M,
+        mut va: u64,
+        end: u64,
+    ) -> Result<Result<(Translation, u64), u64>, TranslateError> {
+        let fmt = &self.fmt;
+        let mut table = self.root;
+        let mut level = fmt.start_level();
+        loop {
+            let ents = entries(mem, fmt, table).ok_or(TranslateError::bad_table(table))?;
+            let size = fmt.entry_size(level);
+            let idx = fmt.index(va, level);
+            let slots = ents.get(..1 << fmt.table_bits(level)).unwrap_or(ents);
+            let ws = va & !(size - 1);
+            let pte = *slots.get(idx).ok_or(TranslateError::corrupt(va))?;
+            match fmt.decode(level, pte) {
+                Desc::Invalid => {
+                    let mut next = ws + size;
+                    let mut valid = false;
+                    for pte in slots.get(idx + 1..).unwrap_or(&[]) {
+                        if next >= end {
+                            break;
+                        }
+                        if !matches!(fmt.decode(level, *pte), Desc::Invalid) {
+                            valid = true;
+                            break;
+                        }
+                        next += size;
+                    }
+                    if !valid {
+                        return Ok(Err(next));
+                    }
+                    // A valid entry further on in this table: look at it from here.
+                    va = next;
+                }
+                Desc::Table { pa } if !level.is_last() => {
+                    table = pa;
+                    level = level.child();
+                }
+                Desc::Leaf { pa, attrs, size } => {
+                    let t = Translation {
+                        pa: PhysAddr::new(pa.as_u64() + (va - ws)),
+                        attrs,
+                        size,
+                        level,
+                    };
+                    return Ok(Ok((t, ws)));
+                }
+                Desc::Table { .. } | Desc::Reserved => return Err(TranslateError::corrupt(va)),
+            }
+        }
+    }
+
     /// Translates one VA: `None` if unmapped.
     ///
     /// # Errors
@@ -650,7 +709,7 @@ impl<M: TableMemory + ?Sized> Iterator for Leaves<'_, M> {
                 self.done = true;
                 return Some(Err(TranslateError::OutOfRange));
             }
-            match self.pt.walk(self.mem, self.va) {
+            match self.pt.walk_next(self.mem, self.va, self.end) {
                 Ok(Err(hole_end)) => self.va = hole_end,
                 Ok(Ok((t, ws))) => {
                     self.va = ws + t.size;

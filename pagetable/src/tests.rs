@@ -1043,3 +1043,55 @@ fn stale_reserved_frames_become_empty_tables() {
         parent = child;
     }
 }
+
+/// `leaves` runs over a stretch of invalid entries inside one table without walking from the
+/// root again for each one; it must still find exactly the mapped leaves of any range, on
+/// formats whose root is a full table, a short one (two entries) or a large one.
+#[test]
+fn leaves_skip_holes_and_find_every_leaf() {
+    for (g, bits) in [
+        (Granule::K4, 48),
+        (Granule::K4, 40),
+        (Granule::K16, 47),
+        (Granule::K64, 42),
+    ] {
+        let f = Format::new(g, bits).unwrap();
+        let gs = g.size();
+        let top = f.va_limit();
+        let block = f.entry_size(Level::L2);
+        let mut env = Env::new(f);
+        // Sparse pieces: first page, a page after a long hole, a block, the last page.
+        let pieces = [(0, gs), (37 * gs, gs), (3 * block, block), (top - gs, gs)];
+        for (i, &(at, len)) in pieces.iter().enumerate() {
+            let pa = 0x1_0000_0000 + i as u64 * 0x1000_0000;
+            env.map(at, &[chunk(pa, len)], Attrs::default()).unwrap();
+        }
+        let all = env.snapshot();
+        let covered: Vec<(u64, u64)> = all.iter().map(|l| (l.va.as_u64(), l.size)).collect();
+        let want: Vec<(u64, u64)> = pieces.to_vec();
+        assert_eq!(covered, want, "{g:?}/{bits}");
+        for l in &all {
+            assert_eq!(env.tr(l.va.as_u64()), Some((l.pa.as_u64(), l.size)));
+        }
+        // Ranges that start and end inside holes and inside leaves see the overlapping leaves.
+        for (lo, hi) in [
+            (gs, 37 * gs),
+            (gs, 38 * gs),
+            (2 * gs, 3 * block + gs),
+            (38 * gs, top - gs),
+            (3 * block + gs, top),
+        ] {
+            let got: Vec<u64> = env
+                .pt
+                .leaves(&env.pool, va(lo)..va(hi))
+                .map(|l| l.unwrap().va.as_u64())
+                .collect();
+            let want: Vec<u64> = all
+                .iter()
+                .filter(|l| l.va.as_u64() < hi && l.va.as_u64() + l.size > lo)
+                .map(|l| l.va.as_u64())
+                .collect();
+            assert_eq!(got, want, "{g:?}/{bits} {lo:#x}..{hi:#x}");
+        }
+    }
+}
