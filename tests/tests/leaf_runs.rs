@@ -48,11 +48,13 @@ impl Rng {
     }
 }
 
-/// The property the runs rest on: a descriptor that decodes to a leaf, plus the leaf size, decodes
-/// to the next leaf (same attributes) while the output address stays below the limit. Checked for descriptors the crate writes and for ones with arbitrary bits
-/// outside the output-address field.
+/// The property the runs rest on: `decode` reads a leaf's output address only for alignment and
+/// the limit. A descriptor that decodes to a leaf, with another aligned address below the limit
+/// in its output-address field, decodes to a leaf there with the same attributes; in particular
+/// the descriptor plus the leaf size (the next leaf of a run) while that stays below the limit.
+/// Checked for descriptors the crate writes and for ones with arbitrary other bits.
 #[test]
-fn decode_continues_a_leaf_by_its_size() {
+fn decode_reads_a_leaf_address_only_for_alignment_and_limit() {
     let mut rng = Rng(0x1eaf_5eed);
     let mut checked = 0u32;
     for fmt in formats() {
@@ -62,13 +64,14 @@ fn decode_continues_a_leaf_by_its_size() {
             }
             let size = fmt.entry_size(level);
             let limit = fmt.oa_limit();
+            let mask = fmt.oa_mask();
             for attrs in all_attrs() {
                 for pa in [0, size, limit / 2, limit - 2 * size, limit - size] {
                     let pte = fmt
                         .encode_leaf(level, PhysAddr::new(pa), attrs)
                         .expect("encodable");
                     // Arbitrary bits outside the output-address field, kept if still a leaf.
-                    let junk = rng.next() & !fmt.oa_mask();
+                    let junk = rng.next() & !mask;
                     for raw in [pte.as_raw(), pte.as_raw() ^ junk] {
                         let Desc::Leaf {
                             pa: got, attrs: a, ..
@@ -76,18 +79,24 @@ fn decode_continues_a_leaf_by_its_size() {
                         else {
                             continue;
                         };
-                        let next = fmt.decode(level, Pte::from_raw(raw + size));
-                        // At the limit the sum carries out of the field: no continuation
-                        // (the runs decode that descriptor on its own).
+                        let leaf = |oa| Desc::Leaf {
+                            pa: PhysAddr::new(oa),
+                            attrs: a,
+                            size,
+                        };
+                        let moved = rng.below(limit / size) * size;
+                        assert_eq!(
+                            fmt.decode(level, Pte::from_raw(raw & !mask | moved)),
+                            leaf(moved),
+                            "{fmt:?} {level:?} {raw:#x} to {moved:#x}"
+                        );
+                        // At the limit the sum carries out of the field: the runs decode that
+                        // descriptor on its own.
                         if got.as_u64() + size < limit {
                             assert_eq!(
-                                next,
-                                Desc::Leaf {
-                                    pa: PhysAddr::new(got.as_u64() + size),
-                                    attrs: a,
-                                    size,
-                                },
-                                "{fmt:?} {level:?} {raw:#x}"
+                                fmt.decode(level, Pte::from_raw(raw + size)),
+                                leaf(got.as_u64() + size),
+                                "{fmt:?} {level:?} {raw:#x} + {size:#x}"
                             );
                         }
                         checked += 1;
@@ -223,5 +232,46 @@ fn runs_equal_a_per_leaf_decode_on_every_format() {
             }
         }
         assert!(leaves > 0, "{fmt:?}: no leaf at all");
+    }
+}
+
+/// A descriptor sharing a leaf's other bits is taken for a leaf only with an aligned address
+/// below the limit: otherwise it is decoded, and refused like any descriptor the format never
+/// writes.
+#[test]
+fn runs_refuse_a_leaf_address_misaligned_or_beyond_the_limit() {
+    let fmt = Format::new(Granule::K4, 48)
+        .and_then(|f| f.with_oa_bits(40))
+        .expect("format");
+    let a = Attrs::default();
+    for (level, bad) in [(Level::L3, 1u64 << 40), (Level::L2, (1 << 21) + 0x1000)] {
+        let mut pool = VecPool::new(fmt.granule(), PhysAddr::new(1 << 30)).expect("pool");
+        let mut table = pool.alloc_frame().expect("frame");
+        let root = table;
+        let mut at = Level::L0;
+        while at != level {
+            let child = pool.alloc_frame().expect("frame");
+            let (ents, _) = pool.frame_mut(table).expect("own frame");
+            ents[0] = fmt.encode_table(at, child).expect("table");
+            (table, at) = (child, next(at));
+        }
+        let size = fmt.entry_size(level);
+        let leaf = fmt
+            .encode_leaf(level, PhysAddr::new(size), a)
+            .expect("leaf");
+        let (ents, _) = pool.frame_mut(table).expect("own frame");
+        ents[1] = leaf;
+        ents[3] = Pte::from_raw(leaf.as_raw() & !fmt.oa_mask() | bad);
+        let got = std::panic::catch_unwind(|| {
+            let mut out = Runs::new();
+            leaf_runs(&fmt, &pool, root, &(0..1 << 40), &mut out);
+        });
+        assert!(got.is_err(), "{level:?}: {bad:#x} taken for a leaf");
+        // Without the bad entry: one run.
+        let (ents, _) = pool.frame_mut(table).expect("own frame");
+        ents[3] = Pte::INVALID;
+        let mut out = Runs::new();
+        leaf_runs(&fmt, &pool, root, &(0..1 << 40), &mut out);
+        assert_eq!(out, [(size, 2 * size, size, a)]);
     }
 }
