@@ -20,6 +20,9 @@ pub mod pagetable_fuzz;
 #[path = "../../tests/src/failalloc.rs"]
 pub mod failalloc;
 
+#[path = "../../tests/src/leaf_runs.rs"]
+pub mod leaf_runs;
+
 #[path = "../../tests/src/vmbind_fuzz.rs"]
 pub mod vmbind_fuzz;
 

@@ -583,7 +583,15 @@ impl PageTable {
             *t += 1;
         }
         let size = fmt.entry_size(level);
+        let used = fmt.table_entries(level);
+        let (oa_mask, oa_limit) = (fmt.oa_mask(), fmt.oa_limit());
+        // The bits outside the output-address field of the last leaf decoded here. `decode`
+        // reads a descriptor's output address only to check its alignment and limit, so an
+        // entry with the same other bits and an aligned address below the limit is a leaf too:
+        // counted without decoding (most leaves of a table share their attribute bits).
+        let mut leaf_bits = None;
         let mut live = 0u32;
+        let mut leaves = 0u64;
         for (i, pte) in ents.iter().enumerate() {
             // Invalid entries (most of a table) decode to nothing: skip them without decoding.
             if !pte.is_valid() {
@@ -591,8 +599,13 @@ impl PageTable {
             }
             let va = ws + u64_from(i) * size;
             live += 1;
-            if i >= fmt.table_entries(level) {
+            if i >= used {
                 return Err(AuditError::corrupt(va));
+            }
+            let (raw, oa) = (pte.as_raw(), pte.as_raw() & oa_mask);
+            if leaf_bits == Some(raw & !oa_mask) && oa & (size - 1) == 0 && oa < oa_limit {
+                leaves += 1;
+                continue;
             }
             match fmt.decode(level, *pte) {
                 Desc::Invalid => {}
@@ -600,12 +613,14 @@ impl PageTable {
                     self.audit_table(mem, pa, level.child(), va, a)?;
                 }
                 Desc::Leaf { .. } => {
-                    if let Some(l) = a.leaves.get_mut(level.index()) {
-                        *l += 1;
-                    }
+                    leaves += 1;
+                    leaf_bits = Some(raw & !oa_mask);
                 }
                 Desc::Table { .. } | Desc::Reserved => return Err(AuditError::corrupt(va)),
             }
+        }
+        if let Some(l) = a.leaves.get_mut(level.index()) {
+            *l += leaves;
         }
         if live != recorded {
             return Err(AuditError::LiveMismatch {

@@ -304,6 +304,94 @@ fn decode_is_total_and_strict() {
     );
 }
 
+/// What [`PageTable::audit`] relies on to count a leaf without decoding it: `decode` reads a
+/// leaf's output address only to check its alignment and the limit, so the other bits of a leaf
+/// with any aligned address below the limit decode to the same attributes.
+#[test]
+fn decode_reads_a_leaf_address_only_for_alignment_and_limit() {
+    let mut x = 0x000a_0d17_u64;
+    for g in [Granule::K4, Granule::K16, Granule::K64] {
+        for bits in [48, 44] {
+            let f = Format::new(g, 48).unwrap().with_oa_bits(bits).unwrap();
+            for level in [Level::L0, Level::L1, Level::L2, Level::L3] {
+                if level < f.start_level() || !f.is_leaf_level(level) {
+                    continue;
+                }
+                let size = f.entry_size(level);
+                let limit = f.oa_limit();
+                for attrs in all_attrs() {
+                    let base = f.encode_leaf(level, PhysAddr::new(0), attrs).unwrap();
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    for oa in [size, limit - size, limit, size + f.page_size(), x % limit] {
+                        let oa = oa & f.oa_mask();
+                        let got = f.decode(level, Pte::from_raw(base.as_raw() | oa));
+                        if oa.is_multiple_of(size) && oa < limit {
+                            assert_eq!(
+                                got,
+                                Desc::Leaf {
+                                    pa: PhysAddr::new(oa),
+                                    attrs,
+                                    size
+                                },
+                                "{f:?} {level:?} {oa:#x}"
+                            );
+                        } else {
+                            assert_eq!(got, Desc::Reserved, "{f:?} {level:?} {oa:#x}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The audit counts leaves that share their attribute bits without decoding each, and still
+/// refuses one of them whose output address is misaligned or beyond the limit.
+#[test]
+fn audit_checks_leaves_sharing_attribute_bits() {
+    let f = Format::panthor(48).unwrap().with_oa_bits(44).unwrap();
+    let mut env = Env::new(f);
+    let a = Attrs::default();
+    // Four pages, then two 2 MiB blocks.
+    env.map(0, &[chunk(0x1000_0000, 4 * SZ_4K)], a).unwrap();
+    env.map(SZ_2M, &[chunk(0x2000_0000, 2 * SZ_2M)], a).unwrap();
+    env.flush();
+    let audit = env.pt.audit(&env.pool).unwrap();
+    assert_eq!(audit.leaves[3], 4);
+    assert_eq!(audit.leaves[2], 2);
+    // The level-2 and level-3 tables of VA 0.
+    let mut table = env.pt.root();
+    let mut path = Vec::new();
+    for level in [Level::L0, Level::L1, Level::L2] {
+        let (ents, _) = env.pool.frame(table).unwrap();
+        let Desc::Table { pa } = f.decode(level, ents[0]) else {
+            panic!("a table at {level:?}");
+        };
+        path.push(table);
+        table = pa;
+    }
+    let (l2, l3) = (path[2], table);
+    let mut corrupt = |frame: PhysAddr, i: usize, oa: u64, at: u64| {
+        let (ents, _) = env.pool.frame_mut(frame).unwrap();
+        let good = ents[i];
+        ents[i] = Pte::from_raw(good.as_raw() & !f.oa_mask() | oa);
+        assert_eq!(
+            env.pt.audit(&env.pool),
+            Err(AuditError::Corrupt { va: va(at) }),
+            "{oa:#x}"
+        );
+        let (ents, _) = env.pool.frame_mut(frame).unwrap();
+        ents[i] = good;
+    };
+    // The third page at the limit, then beyond it; the second block misaligned.
+    corrupt(l3, 2, 1 << 44, 2 * SZ_4K);
+    corrupt(l3, 2, (1 << 47) | 0x3000, 2 * SZ_4K);
+    corrupt(l2, 2, 0x2020_0000 + SZ_4K, 2 * SZ_2M);
+    assert_eq!(env.pt.audit(&env.pool).unwrap(), audit);
+}
+
 /// panthor's worked map examples 1-5 (4 KiB granule, 48-bit VA): panthor's count, tight with 4 KiB-only
 /// backing, tight with block-capable backing; and the unmap examples U1-U4.
 #[test]

@@ -10,7 +10,8 @@
 //! sequences against a page-granular model), also included by the `fuzz/` crate.
 //!
 //! vmbind: [`vmbind_fuzz`] is the body of the `vmbind_jobs` fuzz target (multi-op jobs, syncs,
-//! timeouts, synchronous binds, against sequential execution). sim: [`trace_fuzz`] is the body of
+//! timeouts, synchronous binds, against sequential execution), which compares page tables as
+//! [`leaf_runs`] (one decode per physically contiguous run). sim: [`trace_fuzz`] is the body of
 //! `trace_parser`. [`failalloc`] is an allocation-failure injector (a `#[global_allocator]` a
 //! test binary or fuzz target opts into).
 
@@ -19,6 +20,7 @@ pub mod corpus;
 pub mod failalloc;
 pub mod fuzz_body;
 pub mod harness;
+pub mod leaf_runs;
 pub mod model;
 pub mod pagetable_fuzz;
 pub mod scenario_fuzz;

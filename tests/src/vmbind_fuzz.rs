@@ -73,10 +73,45 @@ const fn window(q: usize) -> Range<u64> {
     start..start + WIN_PAGES * PAGE
 }
 
+/// One object's backing, with the offset of each chunk and the total size (so that neither a
+/// size query nor a lookup by offset walks the chunks).
+#[derive(Debug)]
+struct Backing {
+    chunks: Box<[Chunk]>,
+    /// `starts[i]`: the object offset where `chunks[i]` begins.
+    starts: Box<[u64]>,
+    size: u64,
+}
+
+impl Backing {
+    fn new(chunks: Vec<Chunk>) -> Rc<Self> {
+        let mut at = 0;
+        let starts = chunks
+            .iter()
+            .map(|c| {
+                let s = at;
+                at += c.len;
+                s
+            })
+            .collect();
+        Rc::new(Self {
+            chunks: chunks.into(),
+            starts,
+            size: at,
+        })
+    }
+
+    /// The index of the chunk holding byte `off`, and where that chunk begins.
+    fn chunk_at(&self, off: u64) -> Option<(usize, u64)> {
+        let i = self.starts.partition_point(|&s| s <= off).checked_sub(1)?;
+        (off < self.size).then(|| (i, self.starts[i]))
+    }
+}
+
 /// A counted object reference.
 #[derive(Debug)]
 pub struct Bo {
-    chunks: Rc<[Chunk]>,
+    backing: Rc<Backing>,
     live: Rc<Cell<i64>>,
 }
 
@@ -84,7 +119,7 @@ impl Clone for Bo {
     fn clone(&self) -> Self {
         self.live.set(self.live.get() + 1);
         Self {
-            chunks: self.chunks.clone(),
+            backing: self.backing.clone(),
             live: self.live.clone(),
         }
     }
@@ -98,18 +133,45 @@ impl Drop for Bo {
 
 impl ObjRef for Bo {
     fn size(&self) -> u64 {
-        self.chunks.iter().map(|c| c.len).sum()
+        self.backing.size
     }
     fn backing(&self) -> &[Chunk] {
-        &self.chunks
+        &self.backing.chunks
     }
+}
+
+/// The backings of objects 1-4 and 6 (see [`Registry`]).
+fn backings() -> [Rc<Backing>; 5] {
+    let one = vec![Chunk::new(PhysAddr::new(0x1_0000_0000), OBJ_SIZE)];
+    let two: Vec<Chunk> = (0..OBJ_SIZE / 0x1_0000)
+        .map(|i| {
+            Chunk::new(
+                PhysAddr::new(0x2_0000_0000 + (i * 7 % 64) * 0x10_0000),
+                0x1_0000,
+            )
+        })
+        .collect();
+    let mut three = vec![Chunk::new(PhysAddr::new(0x3_0000_0000), MIB2)];
+    three.extend(
+        (0..(OBJ_SIZE - MIB2) / PAGE)
+            .map(|i| Chunk::new(PhysAddr::new(0x3_8000_0000 + i * 2 * PAGE), PAGE)),
+    );
+    let four = vec![Chunk::new(PhysAddr::new(0x4_0000_1000), OBJ_SIZE)];
+    // Beyond the 40-bit output-address width.
+    let six = vec![Chunk::new(PhysAddr::new(1 << 41), OBJ_SIZE)];
+    [one, two, three, four, six].map(Backing::new)
+}
+
+thread_local! {
+    /// Built once per thread: the backings are immutable, so every input shares them.
+    static BACKINGS: [Rc<Backing>; 5] = backings();
 }
 
 /// Objects 1-4 (different physical layouts, 4 MiB each), 6 (a backing the tables refuse); any
 /// other id fails the lookup.
 #[derive(Debug)]
 pub struct Registry {
-    objs: [Rc<[Chunk]>; 5],
+    objs: [Rc<Backing>; 5],
     live: Rc<Cell<i64>>,
 }
 
@@ -120,39 +182,16 @@ impl Default for Registry {
 }
 
 impl Registry {
-    /// The registry of the fuzz target.
+    /// The registry of the fuzz target (its own reference count, the thread's shared backings).
     #[must_use]
     pub fn new() -> Self {
-        let one = vec![Chunk::new(PhysAddr::new(0x1_0000_0000), OBJ_SIZE)];
-        let two: Vec<Chunk> = (0..OBJ_SIZE / 0x1_0000)
-            .map(|i| {
-                Chunk::new(
-                    PhysAddr::new(0x2_0000_0000 + (i * 7 % 64) * 0x10_0000),
-                    0x1_0000,
-                )
-            })
-            .collect();
-        let mut three = vec![Chunk::new(PhysAddr::new(0x3_0000_0000), MIB2)];
-        three.extend(
-            (0..(OBJ_SIZE - MIB2) / PAGE)
-                .map(|i| Chunk::new(PhysAddr::new(0x3_8000_0000 + i * 2 * PAGE), PAGE)),
-        );
-        let four = vec![Chunk::new(PhysAddr::new(0x4_0000_1000), OBJ_SIZE)];
-        // Beyond the 40-bit output-address width.
-        let six = vec![Chunk::new(PhysAddr::new(1 << 41), OBJ_SIZE)];
         Self {
-            objs: [
-                one.into(),
-                two.into(),
-                three.into(),
-                four.into(),
-                six.into(),
-            ],
+            objs: BACKINGS.with(Clone::clone),
             live: Rc::new(Cell::new(0)),
         }
     }
 
-    fn chunks(&self, obj: u64) -> Option<&Rc<[Chunk]>> {
+    fn backing_of(&self, obj: u64) -> Option<&Rc<Backing>> {
         match obj {
             1..=4 => self.objs.get(usize::try_from(obj - 1).ok()?),
             6 => self.objs.get(4),
@@ -172,14 +211,12 @@ impl Registry {
     ///
     /// If `obj` does not exist or `off` is beyond it.
     #[must_use]
-    pub fn pa(&self, obj: u64, mut off: u64) -> u64 {
-        for c in self.chunks(obj).expect("a mapped object exists").iter() {
-            if off < c.len {
-                return c.pa.as_u64() + off;
-            }
-            off -= c.len;
-        }
-        panic!("offset {off:#x} beyond object {obj}");
+    pub fn pa(&self, obj: u64, off: u64) -> u64 {
+        let b = self.backing_of(obj).expect("a mapped object exists");
+        let (i, start) = b
+            .chunk_at(off)
+            .unwrap_or_else(|| panic!("offset {off:#x} beyond object {obj}"));
+        b.chunks[i].pa.as_u64() + (off - start)
     }
 }
 
@@ -187,10 +224,10 @@ impl ObjectRegistry for Registry {
     type Ref = Bo;
     type Error = &'static str;
     fn get(&mut self, obj: ObjId) -> Result<Bo, &'static str> {
-        let chunks = self.chunks(obj.get()).ok_or("no such object")?.clone();
+        let backing = self.backing_of(obj.get()).ok_or("no such object")?.clone();
         self.live.set(self.live.get() + 1);
         Ok(Bo {
-            chunks,
+            backing,
             live: self.live.clone(),
         })
     }
@@ -367,23 +404,11 @@ pub fn tree_spans(vm: &FVm) -> SpanList {
     }))
 }
 
-/// Physically contiguous runs `(va, end, pa, attrs)`, adjacent continuing runs merged.
-pub type Runs = Vec<(u64, u64, u64, pagetable::Attrs)>;
+pub use crate::leaf_runs::Runs;
+use crate::leaf_runs::{leaf_runs, push_run};
 
-fn push_run(out: &mut Runs, va: u64, end: u64, pa: u64, attrs: pagetable::Attrs) {
-    if let Some(last) = out.last_mut() {
-        if last.1 == va && last.3 == attrs && last.2 + (last.1 - last.0) == pa {
-            last.1 = end;
-            return;
-        }
-    }
-    out.push((va, end, pa, attrs));
-}
-
-/// The page-table leaves of `vm` over the three windows, as merged runs (clipped to the windows).
-///
-/// Decoded by descending from the root into the entries that overlap a window only (one visit
-/// per table entry: cheaper than a translation per leaf).
+/// The page-table leaves of `vm` over the three windows, as merged runs (clipped to the windows):
+/// one descent per window that decodes one descriptor per run ([`crate::leaf_runs`]).
 ///
 /// # Panics
 ///
@@ -393,13 +418,13 @@ pub fn table_runs(vm: &FVm) -> Runs {
     let fmt = vm.config().format;
     let mut out = Runs::new();
     for q in 0..QUEUES {
-        let w = window(q);
-        for (va, size, pa, attrs) in
-            crate::pagetable_fuzz::leaves(&fmt, vm.memory(), vm.page_table().root(), &w)
-        {
-            let (s, e) = (va.max(w.start), (va + size).min(w.end));
-            push_run(&mut out, s, e, pa + (s - va), attrs);
-        }
+        leaf_runs(
+            &fmt,
+            vm.memory(),
+            vm.page_table().root(),
+            &window(q),
+            &mut out,
+        );
     }
     out
 }
@@ -414,16 +439,15 @@ pub fn model_runs(m: &Spans, reg: &Registry) -> Runs {
     let mut out = Runs::new();
     for (&s, &(e, obj, off, f)) in m {
         let attrs = f.attrs();
+        let b = reg.backing_of(obj).expect("a mapped object exists");
+        let (first, _) = b.chunk_at(off).expect("model span within its object");
         let mut va = s;
-        let mut at = 0u64;
-        for c in reg.chunks(obj).expect("a mapped object exists").iter() {
-            let (c0, c1) = (at, at + c.len);
-            at = c1;
-            let from = off + (va - s);
-            if va >= e || c1 <= from {
-                continue;
+        for (c, &c0) in b.chunks[first..].iter().zip(&b.starts[first..]) {
+            if va >= e {
+                break;
             }
-            let take = (c1 - from).min(e - va);
+            let from = off + (va - s);
+            let take = (c0 + c.len - from).min(e - va);
             push_run(&mut out, va, va + take, c.pa.as_u64() + (from - c0), attrs);
             va += take;
         }
