@@ -121,12 +121,9 @@ impl core::error::Error for FreeError {}
 ///
 /// Everything [`TableMemory`] requires, and:
 ///
-/// * **Unused frames.** [`FrameAlloc::alloc_frame`] returns a frame whose metadata is
-///   `FrameMeta::default()`, that is not handed out already and that no GPU walk can still reach
-///   (nothing of an old use is cached). Its entries may hold anything: this crate zeroes a frame
-///   when it makes it a table ([`PageTable::new`](crate::PageTable::new), and at run time when
-///   a reserved frame becomes a new table), so frames reserved for the worst case but never used
-///   are never written.
+/// * **Zeroed, unused frames.** [`FrameAlloc::alloc_frame`] returns a frame whose entries are all
+///   [`Pte::INVALID`] and whose metadata is `FrameMeta::default()`, that is not handed out
+///   already and that no GPU walk can still reach (nothing of an old use is cached).
 /// * **Own frames only.** [`FrameAlloc::free_frame`] takes back only frames this allocator handed
 ///   out and that are in use, and refuses anything else with [`FreeError`] without changing
 ///   anything; a refused frame stays where it was (reserve, retired list), nothing is lost.
@@ -134,7 +131,7 @@ impl core::error::Error for FreeError {}
 ///   pool links its free list through the metadata), so this crate reads whatever it needs from
 ///   a frame before freeing it.
 pub trait FrameAlloc: TableMemory {
-    /// Hands out an unused frame whose metadata is reset (its entries may hold anything).
+    /// Hands out a frame whose entries are all zero and whose metadata is reset.
     ///
     /// # Errors
     ///
@@ -371,15 +368,15 @@ fn frame_in_mut<'a>(
     Some((entries.get_mut(i * n..(i + 1) * n)?, metas.get_mut(i)?))
 }
 
-/// Marks frame `pa` allocated and resets its metadata (the entries are left as they are: see
-/// [`FrameAlloc`]).
+/// Marks frame `pa` allocated, zeroes it and resets its metadata.
 fn hand_out(
     core: &mut PoolCore,
     entries: &mut [Pte],
     metas: &mut [FrameMeta],
     pa: PhysAddr,
 ) -> Result<PhysAddr, AllocError> {
-    let (_, m) = frame_in_mut(core, entries, metas, pa).ok_or(AllocError::OutOfFrames)?;
+    let (e, m) = frame_in_mut(core, entries, metas, pa).ok_or(AllocError::OutOfFrames)?;
+    e.fill(Pte::INVALID);
     *m = FrameMeta {
         live: 0,
         next: None,

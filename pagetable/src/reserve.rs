@@ -1,9 +1,10 @@
-//! The reservation: frames set aside in prepare, popped (never allocated) at run time.
+//! The reservation: zeroed frames set aside in prepare, popped (never allocated) at run time.
 
 use core::fmt;
 
 use crate::addr::{u64_from, usize_from, PhysAddr};
 use crate::mem::{AllocError, FrameAlloc, FrameList, FreeError, TableMemory};
+use crate::pte::Pte;
 
 /// Error returned by [`Reserve::push`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,9 +27,7 @@ impl fmt::Display for ReserveError {
 
 impl core::error::Error for ReserveError {}
 
-/// A pop-only pool of frames for one job (or one operation). Their contents do not matter: a
-/// frame is zeroed when it becomes a table, so the frames a worst-case reserve never uses are
-/// never written.
+/// A pop-only pool of zeroed frames for one job (or one operation).
 ///
 /// Filled in prepare by [`Reserve::try_fill`] (which may allocate and fail), consumed by
 /// [`PageTable::map`](crate::PageTable::map) / [`unmap`](crate::PageTable::unmap) /
@@ -157,8 +156,7 @@ impl Reserve {
         }
     }
 
-    /// Adds a frame the caller allocated some other way (prepare stage); its contents do not
-    /// matter.
+    /// Adds a frame the caller allocated some other way; it is zeroed here (prepare stage).
     ///
     /// # Errors
     ///
@@ -173,6 +171,7 @@ impl Reserve {
         if e.len() != want {
             return Err(ReserveError::Foreign { pa });
         }
+        e.fill(Pte::INVALID);
         meta.live = 0;
         self.frames
             .push(mem, pa)

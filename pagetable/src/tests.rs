@@ -1068,27 +1068,17 @@ fn panthor_unmap_aligned_start_unaligned_end_same_window() {
     assert_eq!(env.unmap(SZ_2M, SZ_4K).unwrap(), (1, 1));
 }
 
-/// A reserved frame may hold anything (frames are not zeroed when allocated or reserved): the
-/// frame that becomes a new table is zeroed first, and the zeroes are reported to the hooks
-/// before the descriptor that makes it reachable. Frames full of stale valid descriptors (as a
-/// retired table leaves behind) must not leak a single translation into the new table.
+/// A new table's frame (zeroed by its allocator in prepare, never written at run time) is
+/// reported to `UpdateHooks::written` as a whole before the descriptor that links it, so a
+/// non-coherent walker never follows a link into entries it has not been shown. Each new table
+/// holds exactly the one translation mapped below it.
 #[test]
-fn stale_reserved_frames_become_empty_tables() {
+fn new_tables_are_published_before_they_are_linked() {
     let fmt = Format::panthor(48).unwrap();
     let mut env = Env::new(fmt);
     let n = fmt.granule().entries();
-    // Six frames full of valid block descriptors, then handed to a reserve as they are.
-    let stale = fmt.encode_leaf(l(2), PhysAddr::new(SZ_2M * 3), Attrs::default());
     let mut r = Reserve::new();
     r.try_fill(&mut env.pool, 6).unwrap();
-    let mut frames = Vec::new();
-    while let Some(pa) = r.pop(&mut env.pool).unwrap() {
-        frames.push(pa);
-    }
-    for &pa in &frames {
-        env.pool.frame_mut(pa).unwrap().0.fill(stale.unwrap());
-        r.push(&mut env.pool, pa).unwrap();
-    }
     // One page at 1 GiB + 4 KiB: new L1, L2 and L3 tables from that reserve.
     let mut hooks = Bbm::default();
     let f = env
@@ -1104,13 +1094,11 @@ fn stale_reserved_frames_become_empty_tables() {
         .unwrap();
     env.absorb(f);
     r.release(&mut env.pool).unwrap();
-    // Exactly one translation, and every table audits (live counts match their entries).
     assert_eq!(env.tr(SZ_1G + SZ_4K), Some((0x1234_5000, SZ_4K)));
     assert_eq!(env.tr(SZ_1G), None);
     assert_eq!(env.tr(SZ_1G + 2 * SZ_4K), None);
     assert_eq!(env.snapshot().len(), 1);
-    let audit = env.pt.audit(&env.pool).unwrap();
-    assert_eq!(audit.table_count(), 4);
+    assert_eq!(env.pt.audit(&env.pool).unwrap().table_count(), 4);
     // Each new table's whole frame was reported, before the entry linking it (in its parent).
     let at = SZ_1G + SZ_4K;
     let mut parent = env.pt.root();
@@ -1120,12 +1108,11 @@ fn stale_reserved_frames_become_empty_tables() {
         let Desc::Table { pa: child } = fmt.decode(level, pte) else {
             panic!("no table below {level:?}");
         };
-        assert!(frames.contains(&child), "new tables come from the reserve");
-        let zeroed = hooks.1.iter().position(|w| *w == (child, 0..n));
+        let published = hooks.1.iter().position(|w| *w == (child, 0..n));
         let linked = hooks.1.iter().position(|w| *w == (parent, idx..idx + 1));
         assert!(
-            matches!((zeroed, linked), (Some(z), Some(k)) if z < k),
-            "table {child:?}: zeroed at {zeroed:?}, linked at {linked:?} in {:?}",
+            matches!((published, linked), (Some(p), Some(k)) if p < k),
+            "table {child:?}: published at {published:?}, linked at {linked:?} in {:?}",
             hooks.1
         );
         parent = child;

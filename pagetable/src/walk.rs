@@ -668,10 +668,10 @@ where
 
     fn new_table(&mut self, _: Level, _: u64) -> Result<PhysAddr, E> {
         let child = self.pop()?;
-        // Reserved frames hold anything (see `FrameAlloc`): a frame becomes an empty table here,
-        // while still unreachable, and the zeroes are published before the link to it.
+        // Reserved frames are zeroed in prepare (see `FrameAlloc`), so the run stage does not
+        // write them; but a non-coherent walker must see those zeroes before the link to the
+        // new table: publish the whole frame first.
         let (ents, meta) = self.frame_mut(child)?;
-        ents.fill(Pte::INVALID);
         meta.live = 0;
         let n = ents.len();
         self.hooks.written(child, 0..n);

@@ -1145,7 +1145,7 @@ impl World {
             .audit(self.vm.memory())
             .expect("table audit");
         if self.vm.deferred() == 0 && self.vm.frames_in_flight() == 0 {
-            // The VM keeps unused reserved frames for later jobs: in use = tables + spare.
+            // The VM keeps unused reserved frames (zeroed) for later jobs: in use = tables + spare.
             assert_eq!(
                 self.vm.memory().in_use(),
                 audit.table_count() + self.vm.spare_frames(),

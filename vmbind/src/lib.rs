@@ -73,7 +73,7 @@
 //!   a job share their tables (and its clears their block splits) unless a clear overlaps an
 //!   earlier map of the job. A job of sixteen scattered one-page binds in one 2 MiB window now
 //!   reserves 4 frames, not 64. [`PreparedJob::frames`] is smaller accordingly.
-//! * The VM keeps the frames left unused by cleaned-up jobs and hands them to later
+//! * The VM keeps the zeroed frames left unused by cleaned-up jobs and hands them to later
 //!   reservations ([`Vm::spare_frames`]), and keeps gpuva spare nodes up to the largest
 //!   single-job claim of the last 64 to 128 jobs (at least [`VmConfig::spare_nodes`]). So
 //!   [`Vm::memory`]'s frames in use are the tables plus [`Vm::spare_frames`] (they go back to

@@ -63,7 +63,7 @@ fn random_jobs_match_the_model() {
         assert_eq!(
             vm.memory().in_use(),
             1 + vm.spare_frames(),
-            "only the root frame and the VM's spare (unused) frames stay allocated"
+            "only the root frame and the VM's spare (zeroed, unused) frames stay allocated"
         );
         assert_eq!(reg.live.get(), 0, "every reference dropped");
         drop(vm);

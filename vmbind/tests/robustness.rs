@@ -193,7 +193,7 @@ fn poll_with_reports_per_job_summaries() {
     assert_eq!(vm.frames_in_flight(), 0);
 }
 
-/// Unused reserved frames stay with the VM for the next jobs, bounded by the recent
+/// Unused reserved frames stay with the VM (zeroed) for the next jobs, bounded by the recent
 /// peak of one job's reservation; the next job takes them before the allocator.
 #[test]
 fn spare_frames_are_reused_and_bounded() {
