@@ -430,46 +430,13 @@ impl PageTable {
             .ok_or(E::corrupt(va))
     }
 
-    /// Walks to the leaf or hole at `va`: `Ok(Ok(t))` for a leaf, `Ok(Err(end))` for a hole
-    /// ending at `end`.
+    /// Walks to the leaf or hole at `va`: `Ok(Ok((t, ws)))` for a leaf `t` whose window starts
+    /// at `ws`, `Ok(Err(next))` for a hole. The hole runs on over the invalid entries that follow
+    /// it in the same table, up to `end` (`va + 1`: just the hole at `va`): `next` is the first
+    /// VA at or after `va` that may be mapped, so [`Leaves`] reads each table once per stretch
+    /// of holes instead of walking from the root once per invalid entry. What it finds at
+    /// `next` (a leaf, a table to descend into, a broken entry) is what a walk of `next` finds.
     fn walk<M: TableMemory + ?Sized>(
-        &self,
-        mem: &M,
-        va: u64,
-    ) -> Result<Result<(Translation, u64), u64>, TranslateError> {
-        let fmt = &self.fmt;
-        let mut table = self.root;
-        let mut level = fmt.start_level();
-        loop {
-            let pte = self.read(mem, table, fmt.index(va, level), va)?;
-            let size = fmt.entry_size(level);
-            let ws = va & !(size - 1);
-            match fmt.decode(level, pte) {
-                Desc::Invalid => return Ok(Err(ws + size)),
-                Desc::Table { pa } if !level.is_last() => {
-                    table = pa;
-                    level = level.child();
-                }
-                Desc::Leaf { pa, attrs, size } => {
-                    let t = Translation {
-                        pa: PhysAddr::new(pa.as_u64() + (va - ws)),
-                        attrs,
-                        size,
-                        level,
-                    };
-                    return Ok(Ok((t, ws)));
-                }
-                Desc::Table { .. } | Desc::Reserved => return Err(TranslateError::corrupt(va)),
-            }
-        }
-    }
-
-    /// Like [`PageTable::walk`], but a hole runs on over the invalid entries that follow it in
-    /// the same table (up to `end`): `Ok(Err(next))` where `next` is the first VA at or after
-    /// `va` that may be mapped, so [`Leaves`] reads each table once per stretch of holes
-    /// instead of walking from the root once per invalid entry. What it finds at `next` (a
-    /// leaf, a table to descend into, a broken entry) is what a walk of `next` finds.
-    fn walk_next<M: TableMemory + ?Sized>(
         &self,
         mem: &M,
         mut va: u64,
@@ -536,7 +503,7 @@ impl PageTable {
         if va.as_u64() >= self.fmt.va_limit() {
             return Err(TranslateError::OutOfRange);
         }
-        Ok(self.walk(mem, va.as_u64())?.ok().map(|(t, _)| t))
+        Ok(self.walk(mem, va.as_u64(), va.as_u64().saturating_add(1))?.ok().map(|(t, _)| t))
     }
 
     /// Iterates the leaves overlapping `range`, in VA order.
@@ -724,7 +691,7 @@ impl<M: TableMemory + ?Sized> Iterator for Leaves<'_, M> {
                 self.done = true;
                 return Some(Err(TranslateError::OutOfRange));
             }
-            match self.pt.walk_next(self.mem, self.va, self.end) {
+            match self.pt.walk(self.mem, self.va, self.end) {
                 Ok(Err(hole_end)) => self.va = hole_end,
                 Ok(Ok((t, ws))) => {
                     self.va = ws + t.size;
