@@ -503,7 +503,10 @@ impl PageTable {
         if va.as_u64() >= self.fmt.va_limit() {
             return Err(TranslateError::OutOfRange);
         }
-        Ok(self.walk(mem, va.as_u64(), va.as_u64().saturating_add(1))?.ok().map(|(t, _)| t))
+        Ok(self
+            .walk(mem, va.as_u64(), va.as_u64().saturating_add(1))?
+            .ok()
+            .map(|(t, _)| t))
     }
 
     /// Iterates the leaves overlapping `range`, in VA order.

@@ -5,6 +5,7 @@
 use pagetable::{
     all_attrs, Attrs, Desc, Format, FrameAlloc, Granule, Level, PhysAddr, Pte, TableMemory, VecPool,
 };
+use tests::harness::Rng;
 use tests::leaf_runs::{arithmetic_prefix, leaf_runs, push_run, Runs};
 
 /// Every granule, with the full and a 40-bit output-address width.
@@ -31,21 +32,9 @@ fn levels(fmt: &Format) -> Vec<Level> {
         .collect()
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn index(&mut self, n: usize) -> usize {
-        usize::try_from(self.below(n as u64)).expect("below a usize")
-    }
+/// An index below `n`.
+fn index(rng: &mut Rng, n: usize) -> usize {
+    usize::try_from(rng.below(n as u64)).expect("below a usize")
 }
 
 /// The property the runs rest on: `decode` reads a leaf's output address only for alignment and
@@ -55,7 +44,7 @@ impl Rng {
 /// Checked for descriptors the crate writes and for ones with arbitrary other bits.
 #[test]
 fn decode_reads_a_leaf_address_only_for_alignment_and_limit() {
-    let mut rng = Rng(0x1eaf_5eed);
+    let mut rng = Rng::new(0x1eaf_5eed);
     let mut checked = 0u32;
     for fmt in formats() {
         for level in levels(&fmt) {
@@ -71,7 +60,7 @@ fn decode_reads_a_leaf_address_only_for_alignment_and_limit() {
                         .encode_leaf(level, PhysAddr::new(pa), attrs)
                         .expect("encodable");
                     // Arbitrary bits outside the output-address field, kept if still a leaf.
-                    let junk = rng.next() & !mask;
+                    let junk = rng.next_u64() & !mask;
                     for raw in [pte.as_raw(), pte.as_raw() ^ junk] {
                         let Desc::Leaf {
                             pa: got, attrs: a, ..
@@ -142,12 +131,12 @@ fn fill(
     let mut i = 0;
     while i < n {
         let cap = if rng.below(4) == 0 { 300 } else { 12 };
-        let len = (1 + rng.index(cap)).min(n - i);
+        let len = (1 + index(rng, cap)).min(n - i);
         match rng.below(6) {
             0 | 1 => {}
             2 => {
                 for e in &mut ents[i..i + len] {
-                    *e = Pte::from_raw(rng.next() & !1);
+                    *e = Pte::from_raw(rng.next_u64() & !1);
                 }
             }
             k if !level.is_last() && *budget > 0 && (k == 3 || !fmt.is_leaf_level(level)) => {
@@ -159,7 +148,7 @@ fn fill(
                 continue;
             }
             _ if fmt.is_leaf_level(level) => {
-                let a = attrs[rng.index(attrs.len())];
+                let a = attrs[index(rng, attrs.len())];
                 let limit = fmt.oa_limit() / size;
                 let first = if rng.below(4) == 0 {
                     limit - len as u64
@@ -172,8 +161,8 @@ fn fill(
                 }
                 if rng.below(3) == 0 {
                     // A break inside the run.
-                    let k = i + rng.index(len);
-                    let other = attrs[rng.index(attrs.len())];
+                    let k = i + index(rng, len);
+                    let other = attrs[index(rng, attrs.len())];
                     let pa = PhysAddr::new(rng.below(limit) * size);
                     ents[k] = fmt.encode_leaf(level, pa, other).expect("leaf");
                 }
@@ -206,7 +195,7 @@ fn per_leaf(fmt: &Format, pool: &VecPool, root: PhysAddr, r: &std::ops::Range<u6
 
 #[test]
 fn runs_equal_a_per_leaf_decode_on_every_format() {
-    let mut rng = Rng(0x7ab1e5);
+    let mut rng = Rng::new(0x7ab1e5);
     for fmt in formats() {
         let mut leaves = 0;
         for round in 0..6 {
