@@ -86,6 +86,33 @@ pub fn arithmetic_prefix(ents: &[Pte], first: u64, step: u64) -> usize {
     n
 }
 
+/// The entries of `table` (a table at `level` whose first entry maps `base`) that overlap `r`,
+/// and the VA the first of them maps (the slice is empty if none overlaps).
+///
+/// # Panics
+///
+/// If `table` is not a frame of `mem`.
+pub fn entries_over<'m, M: TableMemory + ?Sized>(
+    fmt: &Format,
+    mem: &'m M,
+    table: PhysAddr,
+    level: Level,
+    base: u64,
+    r: &Range<u64>,
+) -> (u64, &'m [Pte]) {
+    let (entries, _) = mem.frame(table).expect("table frame resolves");
+    let size = fmt.entry_size(level);
+    let span = size.saturating_mul(entries.len() as u64);
+    let (lo, hi) = (r.start.max(base), r.end.min(base.saturating_add(span)));
+    if lo >= hi {
+        return (base, &[]);
+    }
+    let first = (lo - base) / size;
+    let last = usize::try_from((hi - 1 - base) / size).expect("index fits");
+    let ents = &entries[usize::try_from(first).expect("index fits")..=last];
+    (base + first * size, ents)
+}
+
 fn descend<M: TableMemory + ?Sized>(
     fmt: &Format,
     mem: &M,
@@ -95,22 +122,14 @@ fn descend<M: TableMemory + ?Sized>(
     r: &Range<u64>,
     out: &mut Runs,
 ) {
-    let (entries, _) = mem.frame(table).expect("table frame resolves");
     let size = fmt.entry_size(level);
-    let span = size.saturating_mul(entries.len() as u64);
-    let (lo, hi) = (r.start.max(base), r.end.min(base.saturating_add(span)));
-    if lo >= hi {
-        return;
-    }
-    let first = usize::try_from((lo - base) / size).expect("index fits");
-    let last = usize::try_from((hi - 1 - base) / size).expect("index fits");
-    let ents = &entries[first..=last];
+    let (va0, ents) = entries_over(fmt, mem, table, level, base, r);
     let (oa_mask, oa_limit) = (fmt.oa_mask(), fmt.oa_limit());
     // The bits outside the output-address field of the last leaf decoded here, and its attributes.
     let mut last_leaf: Option<(u64, Attrs)> = None;
     let mut i = 0;
     while let Some(&pte) = ents.get(i) {
-        let va = base + (first + i) as u64 * size;
+        let va = va0 + i as u64 * size;
         let (raw, oa) = (pte.as_raw(), pte.as_raw() & oa_mask);
         let desc = match last_leaf {
             Some((bits, attrs))

@@ -595,22 +595,16 @@ fn descend(
     mut out: Option<&mut Vec<(u64, u64, u64, Attrs)>>,
     tables: &mut usize,
 ) {
-    use pagetable::{Desc, TableMemory};
+    use pagetable::Desc;
     *tables += 1;
     if out.is_none() && level == Level::L3 {
         // Counting tables only: the last level has none below it.
         return;
     }
-    let (entries, _) = mem.frame(table).expect("table frame resolves");
     let size = fmt.entry_size(level);
-    let span = size.saturating_mul(entries.len() as u64);
-    let (lo, hi) = (r.start.max(base), r.end.min(base.saturating_add(span)));
-    if lo >= hi {
-        return;
-    }
-    for i in (lo - base) / size..=(hi - 1 - base) / size {
-        let va = base + i * size;
-        let pte = entries[usize::try_from(i).expect("index fits")];
+    let (va0, ents) = crate::leaf_runs::entries_over(fmt, mem, table, level, base, r);
+    for (k, &pte) in ents.iter().enumerate() {
+        let va = va0 + k as u64 * size;
         if !pte.is_valid() {
             continue;
         }
